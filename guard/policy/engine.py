@@ -1,0 +1,659 @@
+"""Rule loading, compilation and evaluation.
+
+Rules are data (``rules.toml`` in this package, plus user files). Every term of every rule
+is compiled to RE2, which matches in linear time whatever the pattern, and all of them are
+also put into one ``re2.Set`` so that a single pass over a field tells which terms occur
+at all. Only rules whose terms all occur are then checked for position (the word window)
+and cancelling phrases, so harmless mail costs one automaton pass per field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import re2
+
+from guard.message import Message
+from guard.policy.model import CATEGORIES, LEVELS, Finding, RulesError, Verdict
+from guard.policy.normalize import normalise, normalise_tracked
+from guard.policy.structural import Brand, Hit, StructuralData, is_trusted_platform_sender, run_checks
+
+FIELDS = ("subject", "body", "attachments", "links", "from", "filenames")
+DEFAULT_FIELDS = ("subject", "body", "attachments")
+MAX_SCAN_CHARS = 200_000  # per field; what lies beyond is noted, not silently dropped
+MAX_SPANS = 64
+
+# Letters and digits of the scripts the rules are written in. Small explicit ranges keep
+# the automata small: a full Unicode \\pL class in every term would not fit in memory.
+_W = r"a-z0-9\x{00df}-\x{024f}\x{0370}-\x{03ff}\x{0400}-\x{052f}"
+_SEP = rf"[^{_W}]{{1,3}}"
+_WORDCHAR = rf"[{_W}]"
+_LEET = {
+    "a": "a4@", "b": "b8", "e": "e3", "g": "g9", "i": "i1!|l", "l": "l1|i", "o": "o0",
+    "s": "s5$", "t": "t7", "y": "y1i", "z": "z2",
+}  # fmt: skip
+_QUANTIFIER = re.compile(r"\d+(?:,\d*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class TextRule:
+    id: str
+    category: str
+    score: float
+    fields: tuple[str, ...]
+    groups: tuple[int, ...]
+    window: int
+    unless: tuple[int, ...]
+    unless_window: int
+    unless_near: tuple[int, ...]
+    near_window: int
+    requires: tuple[int, ...]
+    bulk: str
+    trusted: str
+    supporting: bool
+    description: str
+    explanation: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    id: str
+    category: str
+    score: float
+    description: str
+    explanation: str
+    trusted: str = "skip"
+
+
+@dataclass(slots=True)
+class RuleSet:
+    """Compiled rules: load with :func:`load_rules`, use with :func:`evaluate`."""
+
+    text_rules: tuple[TextRule, ...]
+    checks: dict[str, CheckSpec]
+    levels: dict[str, float]
+    bulk_factor: float
+    atoms: list[Any]
+    atom_sources: list[str]
+    atom_set: Any
+    structural: StructuralData
+    sources: tuple[str, ...] = field(default=())
+
+
+# ---------------------------------------------------------------- term compilation
+
+
+def _expand_obfuscated(word: str) -> str:
+    """``paypal`` → a pattern that also matches ``p4yp4l``, ``pay pal``, ``pay-pal``."""
+    parts = []
+    for ch in word:
+        if ch.isspace():
+            continue
+        cls = _LEET.get(ch, ch)
+        parts.append(f"[{re2.escape(cls)}]" if len(cls) > 1 else re2.escape(ch))
+    return r"[\s.\-_*']?".join(parts)
+
+
+class _Compiler:
+    def __init__(self, lexicon: Mapping[str, Sequence[str]], origin: str) -> None:
+        self.lexicon = lexicon
+        self.origin = origin
+        self._cache: dict[str, str] = {}
+
+    def lexicon_pattern(self, name: str, stack: tuple[str, ...] = ()) -> str:
+        if name in self._cache:
+            return self._cache[name]
+        if name in stack:
+            raise RulesError(f"{self.origin}: lexicon.{name}: refers to itself")
+        if name not in self.lexicon:
+            raise RulesError(f"{self.origin}: unknown lexicon name {{{name}}}")
+        alternatives = [self.term_body(t, (*stack, name)) for t in self.lexicon[name]]
+        pattern = "|".join(f"(?:{a})" for a in alternatives)
+        self._cache[name] = pattern
+        return pattern
+
+    def term_body(self, term: str, stack: tuple[str, ...] = ()) -> str:
+        """Translate one term of the rule language into RE2 syntax.
+
+        Word boundaries are zero-width (``\\b``) and placed wherever a literal word starts
+        or ends, so terms compose freely inside lexicons and groups.
+        """
+        if term.startswith("re:"):
+            return term[3:]
+        if term.startswith("~"):
+            word = term[1:].lower()
+            body = _expand_obfuscated(word)
+            left = r"\b" if word[:1].isascii() and word[:1].isalnum() else ""
+            right = r"\b" if word[-1:].isascii() and word[-1:].isalnum() else ""
+            return f"{left}(?:{body}){right}"
+        out: list[str] = []
+        i = 0
+        term = term.lower()
+        n = len(term)
+        while i < n:
+            ch = term[i]
+            if ch == "{":
+                end = term.find("}", i)
+                if end < 0:
+                    raise RulesError(f"{self.origin}: unclosed '{{' in term {term!r}")
+                inner = term[i + 1 : end]
+                if _QUANTIFIER.fullmatch(inner):
+                    out.append("{" + inner + "}")
+                else:
+                    out.append(f"(?:{self.lexicon_pattern(inner, stack)})")
+                i = end + 1
+                continue
+            if ch == "\\" and i + 1 < n:
+                nxt = term[i + 1]
+                out.append(rf"[{_W}_']" if nxt == "w" else "\\" + nxt)
+                i += 2
+                continue
+            if ch == " ":
+                out.append(_SEP)
+            elif ch == "*":
+                out.append(f"{_WORDCHAR}*")
+            elif ch == "#":
+                out.append(r"\d[\d,.]*")
+            elif ch == "(":
+                out.append("(?:")
+            elif ch in ")|?":
+                out.append(ch)
+            else:
+                word_char = ch.isascii() and ch.isalnum()
+                prev = term[i - 1] if i else ""
+                nxt = term[i + 1] if i + 1 < n else ""
+                if word_char and (not prev or prev in " (|}"):
+                    out.append(r"\b")
+                out.append(re2.escape(ch))
+                if word_char and (not nxt or nxt in " )|{"):
+                    out.append(r"\b")
+            i += 1
+        return "".join(out)
+
+    def term(self, term: str) -> str:
+        return self.term_body(term)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_toml(path: Path | None, text: str | None = None) -> dict[str, Any]:
+    name = str(path) if path else "built-in rules"
+    try:
+        if text is None:
+            assert path is not None
+            text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text)
+    except OSError as exc:
+        raise RulesError(f"rules file '{name}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise RulesError(f"rules file '{name}': not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"rules file '{name}': {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], origin: str) -> None:
+    """Merge a user rules document into the built-in one (user wins, lexicons extend)."""
+    known = {
+        "levels", "settings", "lexicon", "rule", "check", "scores", "disabled", "structural",
+        "brands",
+    }  # fmt: skip
+    for key in extra:
+        if key not in known:
+            raise RulesError(f"rules file '{origin}': unknown section '{key}'")
+    base.setdefault("levels", {}).update(extra.get("levels", {}))
+    base.setdefault("settings", {}).update(extra.get("settings", {}))
+    for name, terms in extra.get("lexicon", {}).items():
+        if not isinstance(terms, list):
+            raise RulesError(f"rules file '{origin}': lexicon.{name}: must be a list of terms")
+        base.setdefault("lexicon", {}).setdefault(name, [])
+        base["lexicon"][name] = [*base["lexicon"][name], *terms]
+    rules = {r.get("id"): r for r in base.get("rule", [])}
+    for i, rule in enumerate(extra.get("rule", [])):
+        if not isinstance(rule, dict) or "id" not in rule:
+            raise RulesError(f"rules file '{origin}': rule[{i}]: missing 'id'")
+        if rule["id"] in rules:
+            rules[rule["id"]] = {**rules[rule["id"]], **rule}
+        else:
+            rules[rule["id"]] = {**rule, "_origin": origin}
+    base["rule"] = list(rules.values())
+    checks = {c.get("id"): c for c in base.get("check", [])}
+    for i, check in enumerate(extra.get("check", [])):
+        if not isinstance(check, dict) or check.get("id") not in checks:
+            raise RulesError(f"rules file '{origin}': check[{i}]: unknown structural check id")
+        checks[check["id"]] = {**checks[check["id"]], **check}
+    base["check"] = list(checks.values())
+    base.setdefault("scores", {}).update(extra.get("scores", {}))
+    base["disabled"] = [*base.get("disabled", []), *extra.get("disabled", [])]
+    for key, value in extra.get("structural", {}).items():
+        base.setdefault("structural", {})[key] = [*base.get("structural", {}).get(key, []), *value]
+    base.setdefault("brands", {}).update(extra.get("brands", {}))
+
+
+def _number(doc: Mapping[str, Any], key: str, where: str, default: float | None = None) -> float:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RulesError(f"{where}.{key}: must be a number")
+    return float(value)
+
+
+def _str_list(doc: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = doc.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RulesError(f"{where}.{key}: must be a list of strings")
+    return value
+
+
+def load_rules(extra: Iterable[Path | str] = ()) -> RuleSet:
+    """Load the built-in rules plus user rule files (later files override earlier ones)."""
+    builtin = resources.files("guard.policy").joinpath("rules.toml").read_text(encoding="utf-8")
+    doc = _read_toml(None, builtin)
+    sources = ["built-in"]
+    for path in extra:
+        path = Path(path)
+        _merge(doc, _read_toml(path), str(path))
+        sources.append(str(path))
+    return _compile(doc, tuple(sources))
+
+
+def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
+    levels = {name: _number(doc.get("levels", {}), name, "levels") for name in LEVELS[1:]}
+    if not levels["low"] <= levels["medium"] <= levels["high"]:
+        raise RulesError("levels: thresholds must satisfy low <= medium <= high")
+    settings = doc.get("settings", {})
+    bulk_factor = _number(settings, "bulk_factor", "settings", 0.25)
+    scores = doc.get("scores", {})
+    disabled = set(doc.get("disabled", []))
+    atoms: list[Any] = []
+    atom_sources: list[str] = []
+    atom_index: dict[str, int] = {}
+    options = re2.Options()
+    options.max_mem = 64 << 20
+
+    def atom(pattern: str, where: str) -> int:
+        if pattern in atom_index:
+            return atom_index[pattern]
+        try:
+            compiled = re2.compile(pattern, options)
+        except re2.error as exc:
+            raise RulesError(f"{where}: invalid pattern: {exc}") from None
+        atom_index[pattern] = len(atoms)
+        atoms.append(compiled)
+        atom_sources.append(pattern)
+        return atom_index[pattern]
+
+    compiler = _Compiler(doc.get("lexicon", {}), "lexicon")
+    rules: list[TextRule] = []
+    seen_ids: set[str] = set()
+    for i, raw in enumerate(doc.get("rule", [])):
+        rid = raw.get("id", f"rule[{i}]")
+        where = f"{raw.get('_origin', 'built-in rules')}: rule {rid}"
+        if rid in seen_ids:
+            raise RulesError(f"{where}: duplicate id")
+        seen_ids.add(rid)
+        if rid in disabled:
+            continue
+        category = raw.get("category")
+        if category not in CATEGORIES:
+            raise RulesError(f"{where}.category: must be one of {', '.join(CATEGORIES)}")
+        fields = tuple(_str_list(raw, "fields", where)) or DEFAULT_FIELDS
+        for f in fields:
+            if f not in FIELDS:
+                raise RulesError(f"{where}.fields: unknown field {f!r}")
+        terms = _str_list(raw, "all", where)
+        if not terms:
+            raise RulesError(f"{where}.all: needs at least one term")
+        compiler.origin = where
+        try:
+            groups = tuple(atom(compiler.term(t), f"{where}.all") for t in terms)
+            unless = tuple(
+                atom(compiler.term(t), f"{where}.unless") for t in _str_list(raw, "unless", where)
+            )
+            unless_near = tuple(
+                atom(compiler.term(t), f"{where}.unless_near")
+                for t in _str_list(raw, "unless_near", where)
+            )
+            requires = tuple(
+                atom(compiler.term(t), f"{where}.requires") for t in _str_list(raw, "requires", where)
+            )
+        except RecursionError:
+            raise RulesError(f"{where}: lexicon nesting too deep") from None
+        window = int(_number(raw, "window", where, 30))
+        score = float(scores.get(rid, _number(raw, "score", where)))
+        rules.append(
+            TextRule(
+                id=rid,
+                category=category,
+                score=score,
+                fields=fields,
+                groups=groups,
+                window=window,
+                unless=unless,
+                unless_window=int(_number(raw, "unless_window", where, window)),
+                unless_near=unless_near,
+                near_window=int(_number(raw, "near_window", where, 4)),
+                requires=requires,
+                bulk=str(raw.get("bulk", "dampen")),
+                trusted=str(raw.get("trusted", "keep")),
+                supporting=bool(raw.get("supporting", False)),
+                description=str(raw.get("description", "")),
+                explanation=str(raw.get("explanation", "")).strip(),
+            )
+        )
+    checks: dict[str, CheckSpec] = {}
+    for raw in doc.get("check", []):
+        cid = raw["id"]
+        if cid in disabled:
+            continue
+        where = f"check {cid}"
+        checks[cid] = CheckSpec(
+            id=cid,
+            category=raw.get("category", "phishing"),
+            score=float(scores.get(cid, _number(raw, "score", where))),
+            description=str(raw.get("description", "")),
+            explanation=str(raw.get("explanation", "")).strip(),
+            trusted=str(raw.get("trusted", "skip")),
+        )
+    atom_set = re2.Set.SearchSet(options)
+    for pattern in atom_sources:
+        atom_set.Add(pattern)
+    try:
+        atom_set.Compile()
+    except re2.error:
+        raise RulesError("rules: the combined pattern set is too large to compile") from None
+    return RuleSet(
+        text_rules=tuple(rules),
+        checks=checks,
+        levels=levels,
+        bulk_factor=bulk_factor,
+        atoms=atoms,
+        atom_sources=atom_sources,
+        atom_set=atom_set,
+        structural=_structural(doc),
+        sources=sources,
+    )
+
+
+def _structural(doc: Mapping[str, Any]) -> StructuralData:
+    s = doc.get("structural", {})
+    brands = []
+    for key, raw in doc.get("brands", {}).items():
+        brands.append(
+            Brand(
+                key=key,
+                names=tuple(n.lower() for n in raw.get("names", [key])),
+                domains=tuple(d.lower() for d in raw.get("domains", [])),
+                platform=bool(raw.get("platform", False)),
+                generic=bool(raw.get("generic", False)),
+            )
+        )
+
+    def fs(key: str) -> frozenset[str]:
+        return frozenset(x.lower() for x in s.get(key, []))
+
+    return StructuralData(
+        brands=tuple(brands),
+        freemail=fs("freemail"),
+        freemail_labels=fs("freemail_labels"),
+        shorteners=fs("shorteners"),
+        dangerous_ext=fs("dangerous_ext"),
+        macro_ext=fs("macro_ext"),
+        decoy_ext=fs("decoy_ext"),
+        html_ext=fs("html_ext"),
+        official_orgs=frozenset(d for b in brands for d in b.domains),
+    )
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class _Field:
+    """One field of a message: original text, normalised text, matches (all lazy)."""
+
+    __slots__ = ("_tracked", "matched", "norm", "original", "spans")
+
+    def __init__(self, original: str, rules: RuleSet) -> None:
+        self.original = original
+        self.norm = normalise(original)
+        self.matched = frozenset(rules.atom_set.Match(self.norm) or ()) if self.norm else frozenset()
+        self.spans: dict[int, list[tuple[int, int]]] = {}
+        self._tracked: tuple[str, list[int]] | None = None
+
+    def positions(self, rules: RuleSet, atom: int) -> list[tuple[int, int]]:
+        spans = self.spans.get(atom)
+        if spans is None:
+            spans = []
+            for m in rules.atoms[atom].finditer(self.norm):
+                spans.append(m.span())
+                if len(spans) >= MAX_SPANS:
+                    break
+            self.spans[atom] = spans
+        return spans
+
+    def evidence(self, start: int, end: int) -> str:
+        """The original text behind ``norm[start:end]`` with a little context."""
+        if self._tracked is None:
+            self._tracked = normalise_tracked(self.original)
+        norm, offsets = self._tracked
+        if norm != self.norm or not offsets:
+            source, s, e = self.norm, start, end
+        else:
+            source = self.original
+            s = offsets[min(start, len(offsets) - 1)]
+            e = offsets[min(max(end - 1, 0), len(offsets) - 1)] + 1
+        return _snippet(source, s, e)
+
+
+def _snippet(text: str, start: int, end: int, context: int = 50, limit: int = 240) -> str:
+    while start < end and not text[start].isalnum() and text[start] not in "+@$€£#(":
+        start += 1
+    while end > start and not text[end - 1].isalnum() and text[end - 1] not in ")/":
+        end -= 1
+    left = max(0, start - context)
+    right = min(len(text), end + context)
+    while left > 0 and not text[left - 1].isspace() and start - left < context + 20:
+        left -= 1
+    while right < len(text) and not text[right].isspace() and right - end < context + 20:
+        right += 1
+    snippet = " ".join(text[left:right].split())
+    if len(snippet) > limit:
+        snippet = snippet[: limit - 1] + "…"
+    prefix = "…" if left > 0 else ""
+    suffix = "…" if right < len(text) and not snippet.endswith("…") else ""
+    return f"{prefix}{snippet}{suffix}"
+
+
+def _words_between(norm: str, a: int, b: int) -> int:
+    if b <= a:
+        return 0
+    return norm.count(" ", a, b) + norm.count("\n", a, b)
+
+
+def _distance(norm: str, x: tuple[int, int], y: tuple[int, int]) -> int:
+    if x[1] <= y[0]:
+        return _words_between(norm, x[1], y[0])
+    if y[1] <= x[0]:
+        return _words_between(norm, y[1], x[0])
+    return 0
+
+
+def _match_rule(rules: RuleSet, rule: TextRule, fld: _Field) -> tuple[int, int] | None:
+    """The span where every group of ``rule`` occurs within its window, not cancelled."""
+    norm = fld.norm
+    first, *others = rule.groups
+    for anchor in fld.positions(rules, first):
+        start, end = anchor
+        ok = True
+        for group in others:
+            best = None
+            best_d = rule.window + 1
+            for span in fld.positions(rules, group):
+                d = _distance(norm, anchor, span)
+                if d < best_d:
+                    best, best_d = span, d
+            if best is None:
+                ok = False
+                break
+            start, end = min(start, best[0]), max(end, best[1])
+        if not ok or _words_between(norm, start, end) > rule.window:
+            continue
+        if _cancelled(rules, rule, fld, (start, end)):
+            continue
+        return start, end
+    return None
+
+
+# A cancelling phrase that is itself negated ("not through Upwork") does not cancel.
+_NEGATED_BEFORE = re.compile(
+    r"(?:\bnot|n't|\bnever|instead of|rather than|\bwithout|\bno|\bskip|\bavoid|\bbypass|\bsem|\bsin|\bsans|\bohne|\bбез|\bмимо)"
+    r"\W{1,3}(?:\w+\W{1,3})?$"
+)
+
+
+def _cancelled(rules: RuleSet, rule: TextRule, fld: _Field, span: tuple[int, int]) -> bool:
+    for atoms, window in ((rule.unless, rule.unless_window), (rule.unless_near, rule.near_window)):
+        for atom in atoms:
+            if atom not in fld.matched:
+                continue
+            for other in fld.positions(rules, atom):
+                if window >= 0 and _distance(fld.norm, span, other) > window:
+                    continue
+                if _NEGATED_BEFORE.search(fld.norm, max(0, other[0] - 24), other[0] + 1):
+                    continue
+                return True
+    return False
+
+
+def _field_texts(msg: Message) -> dict[str, str]:
+    return {
+        "subject": msg.subject,
+        "body": msg.body,
+        "attachments": "\n".join(a.text for a in msg.attachments if a.text),
+        "links": "\n".join(link.href for link in msg.links),
+        "from": f"{msg.from_.name} {msg.from_.addr}" if msg.from_ else "",
+        "filenames": "\n".join(a.filename for a in msg.attachments if a.filename),
+    }
+
+
+def evaluate(rules: RuleSet, msg: Message) -> Verdict:
+    """Run every rule and structural check on ``msg`` and sum the findings into a verdict."""
+    texts = _field_texts(msg)
+    notes: list[str] = []
+    fields: dict[str, _Field] = {}
+
+    def get(name: str) -> _Field:
+        fld = fields.get(name)
+        if fld is None:
+            text = texts[name]
+            if len(text) > MAX_SCAN_CHARS:
+                notes.append(f"{name}: only the first {MAX_SCAN_CHARS:,} of {len(text):,} characters were scanned")
+                text = text[:MAX_SCAN_CHARS]
+            fld = fields[name] = _Field(text, rules)
+        return fld
+
+    trusted = is_trusted_platform_sender(rules.structural, msg)
+    bulk = msg.is_bulk
+    findings: list[Finding] = []
+    for rule in rules.text_rules:
+        if trusted and rule.trusted == "skip":
+            continue
+        if rule.requires and not any(
+            a in get(f).matched for a in rule.requires for f in DEFAULT_FIELDS if texts[f]
+        ):
+            continue
+        for name in rule.fields:
+            if not texts[name]:
+                continue
+            fld = get(name)
+            if not all(g in fld.matched for g in rule.groups):
+                continue
+            span = _match_rule(rules, rule, fld)
+            if span is None:
+                continue
+            score = rule.score
+            dampened = bulk and rule.bulk == "dampen"
+            if dampened:
+                score = round(score * rules.bulk_factor, 2)
+            findings.append(
+                Finding(
+                    rule=rule.id,
+                    category=rule.category,
+                    score=score,
+                    where=name,
+                    evidence=fld.evidence(*span),
+                    explanation=rule.explanation,
+                    description=rule.description,
+                    dampened=dampened,
+                    supporting=rule.supporting,
+                )
+            )
+            break
+    findings.extend(_structural_findings(rules, msg, trusted))
+    return _verdict(rules, findings, notes)
+
+
+def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Finding]:
+    out: list[Finding] = []
+    seen: set[str] = set()
+    hits: list[Hit] = run_checks(rules.structural, msg)
+    for hit in hits:
+        spec = rules.checks.get(hit.check)
+        if spec is None or hit.check in seen or (trusted and spec.trusted == "skip"):
+            continue
+        seen.add(hit.check)
+        out.append(
+            Finding(
+                rule=spec.id,
+                category=spec.category,
+                score=spec.score,
+                where=hit.where,
+                evidence=hit.evidence,
+                explanation=spec.explanation,
+                description=spec.description,
+            )
+        )
+    return out
+
+
+def _verdict(rules: RuleSet, findings: list[Finding], notes: list[str]) -> Verdict:
+    """Sum findings per category into the risk level.
+
+    Findings from bulk mail count only with their largest score per category (a newsletter
+    quoting five warning examples is not five times as risky), and "supporting" findings
+    count only next to a finding that is not.
+    """
+    if all(f.supporting for f in findings):
+        counted = []
+    else:
+        counted = findings
+    per_category: dict[str, float] = {}
+    dampened_max: dict[str, float] = {}
+    for f in counted:
+        if f.dampened:
+            dampened_max[f.category] = max(dampened_max.get(f.category, 0.0), f.score)
+        else:
+            per_category[f.category] = per_category.get(f.category, 0.0) + f.score
+    for category, score in dampened_max.items():
+        per_category[category] = per_category.get(category, 0.0) + score
+    counting = [c for c in CATEGORIES if per_category.get(c, 0.0) >= rules.levels["low"]]
+    total = round(sum(per_category[c] for c in counting), 2)
+    risk = "none"
+    for level in ("low", "medium", "high"):
+        if counting and total >= rules.levels[level]:
+            risk = level
+    findings.sort(key=lambda f: (-f.score, f.rule))
+    return Verdict(
+        risk=risk,
+        score=total,
+        categories=tuple(counting),
+        findings=tuple(findings),
+        notes=tuple(notes),
+    )

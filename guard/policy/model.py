@@ -1,0 +1,70 @@
+"""Plain data the policy engine returns: findings and the verdict they add up to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CATEGORIES: tuple[str, ...] = (
+    "off_platform_payment",
+    "off_platform_contact",
+    "contact_request",
+    "personal_data",
+    "scam",
+    "phishing",
+    "dispute",
+)
+LEVELS: tuple[str, ...] = ("none", "low", "medium", "high")
+
+
+class RulesError(ValueError):
+    """A rules file is unreadable or invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule that fired, with the original text that made it fire."""
+
+    rule: str
+    category: str
+    score: float
+    where: str
+    evidence: str
+    explanation: str
+    description: str = ""
+    dampened: bool = False  # found in bulk mail: counts at a reduced, non-cumulative score
+    supporting: bool = False  # only counts when some other finding does
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "category": self.category,
+            "score": self.score,
+            "where": self.where,
+            "evidence": self.evidence,
+            "explanation": self.explanation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The engine's answer for one message."""
+
+    risk: str
+    score: float
+    categories: tuple[str, ...]
+    findings: tuple[Finding, ...]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "risk": self.risk,
+            "score": self.score,
+            "categories": list(self.categories),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def level_at_least(risk: str, minimum: str) -> bool:
+    """True when ``risk`` is the same as or above ``minimum`` (both from LEVELS)."""
+    return LEVELS.index(risk) >= LEVELS.index(minimum)
