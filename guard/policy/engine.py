@@ -69,6 +69,7 @@ class CheckSpec:
     description: str
     explanation: str
     trusted: str = "skip"
+    supporting: bool = False
 
 
 @dataclass(slots=True)
@@ -162,7 +163,7 @@ class _Compiler:
                 out.append(r"\d[\d,.]*")
             elif ch == "(":
                 out.append("(?:")
-            elif ch in ")|?":
+            elif ch in ")|?+":
                 out.append(ch)
             else:
                 word_char = ch.isascii() and ch.isalnum()
@@ -361,6 +362,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
             description=str(raw.get("description", "")),
             explanation=str(raw.get("explanation", "")).strip(),
             trusted=str(raw.get("trusted", "skip")),
+            supporting=bool(raw.get("supporting", False)),
         )
     atom_set = re2.Set.SearchSet(options)
     for pattern in atom_sources:
@@ -526,7 +528,7 @@ def _cancelled(rules: RuleSet, rule: TextRule, fld: _Field, span: tuple[int, int
             for other in fld.positions(rules, atom):
                 if window >= 0 and _distance(fld.norm, span, other) > window:
                     continue
-                if _NEGATED_BEFORE.search(fld.norm, max(0, other[0] - 24), other[0] + 1):
+                if _NEGATED_BEFORE.search(fld.norm, max(0, other[0] - 24), other[0]):
                     continue
                 return True
     return False
@@ -618,6 +620,7 @@ def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Fi
                 evidence=hit.evidence,
                 explanation=spec.explanation,
                 description=spec.description,
+                supporting=spec.supporting,
             )
         )
     return out

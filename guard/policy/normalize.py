@@ -89,8 +89,9 @@ _SPELLED_NUMBER = re.compile(
 _NUMBER_TOKEN = re.compile(rf"{_NUMBER_WORD_RE}|\d")
 
 _AT_WORD = r"(?:[\[({<]\s*(?:at|arroba|@)\s*[\])}>]|\s(?:at|arroba)\s|\s?@\s?)"
-_DOT_WORD = r"(?:[\[({<]\s*(?:dot|punto|ponto|point|точка)\s*[\])}>]|\s(?:dot|punto|ponto|point|точка)\s|\.)"
-_TLD = r"(?:com|net|org|io|co|me|info|biz|dev|app|ru|de|fr|es|br|in|uk|us|ca|au|it|nl|pl|pt|mx|ar|example)"
+_DOT_WORD = r"(?:[\[({<]\s*(?:dot|punto|ponto|point|точка)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s|\.)"
+_TLD = r"(?:com|net|org|io|info|biz|dev|app|ru|de|fr|br|uk|ca|au|nl|pl|mx|ar|example)"
+_SPELLED_PART = re.compile(r"[\[({<]|\s(?:dot|punto|ponto|точка)\s")
 _SPELLED_EMAIL = re.compile(
     rf"(?<![^\W_.])[a-z0-9_\-]{{1,40}}(?:\s?{_DOT_WORD}\s?[a-z0-9_\-]{{1,40}}){{0,4}}"
     rf"\s?{_AT_WORD}\s?[a-z0-9\-]{{1,40}}(?:\s?{_DOT_WORD}\s?[a-z0-9\-]{{1,40}}){{0,3}}"
@@ -130,8 +131,8 @@ def _spelled_number(m: re.Match[str]) -> str:
 
 def _spelled_email(m: re.Match[str]) -> str:
     text = m.group()
-    if not any(c in text for c in " [](){}<>"):
-        return text  # an ordinary address, nothing was disguised
+    if not _SPELLED_PART.search(text):
+        return text  # an ordinary address, or "name at company.com": nothing disguised
     pieces = _EMAIL_AT.split(text, maxsplit=1)
     if len(pieces) != 2:
         return m.group()
