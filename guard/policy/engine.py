@@ -54,6 +54,7 @@ class TextRule:
     unless_near: tuple[int, ...]
     near_window: int
     requires: tuple[int, ...]
+    group_set: frozenset[int]
     bulk: str
     trusted: str
     supporting: bool
@@ -85,6 +86,8 @@ class RuleSet:
     atom_set: Any
     structural: StructuralData
     sources: tuple[str, ...] = field(default=())
+    by_atom: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    fields_used: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------- term compilation
@@ -342,6 +345,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
                 unless_near=unless_near,
                 near_window=int(_number(raw, "near_window", where, 4)),
                 requires=requires,
+                group_set=frozenset(groups),
                 bulk=str(raw.get("bulk", "dampen")),
                 trusted=str(raw.get("trusted", "keep")),
                 supporting=bool(raw.get("supporting", False)),
@@ -371,7 +375,13 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
         atom_set.Compile()
     except re2.error:
         raise RulesError("rules: the combined pattern set is too large to compile") from None
+    by_atom: dict[int, list[int]] = {}
+    for index, rule in enumerate(rules):
+        for group in rule.group_set:
+            by_atom.setdefault(group, []).append(index)
     return RuleSet(
+        by_atom={a: tuple(r) for a, r in by_atom.items()},
+        fields_used=frozenset(f for rule in rules for f in rule.fields),
         text_rules=tuple(rules),
         checks=checks,
         levels=levels,
@@ -474,9 +484,10 @@ def _snippet(text: str, start: int, end: int, context: int = 50, limit: int = 24
 
 
 def _words_between(norm: str, a: int, b: int) -> int:
+    """Words between two positions: normalised text has exactly one space between words."""
     if b <= a:
         return 0
-    return norm.count(" ", a, b) + norm.count("\n", a, b)
+    return norm.count(" ", a, b)
 
 
 def _distance(norm: str, x: tuple[int, int], y: tuple[int, int]) -> int:
@@ -550,32 +561,36 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
     texts = _field_texts(msg)
     notes: list[str] = []
     fields: dict[str, _Field] = {}
-
-    def get(name: str) -> _Field:
-        fld = fields.get(name)
-        if fld is None:
-            text = texts[name]
-            if len(text) > MAX_SCAN_CHARS:
-                notes.append(f"{name}: only the first {MAX_SCAN_CHARS:,} of {len(text):,} characters were scanned")
-                text = text[:MAX_SCAN_CHARS]
-            fld = fields[name] = _Field(text, rules)
-        return fld
-
+    for name, text in texts.items():
+        if not text or name not in rules.fields_used:
+            continue
+        if len(text) > MAX_SCAN_CHARS:
+            notes.append(
+                f"{name}: only the first {MAX_SCAN_CHARS:,} of {len(text):,} characters were scanned"
+            )
+            text = text[:MAX_SCAN_CHARS]
+        fields[name] = _Field(text, rules)
+    # Rules that can fire at all: every group atom occurs in one field (one set lookup per
+    # matched atom, so harmless mail with few matches costs almost nothing).
+    candidates: set[int] = set()
+    for fld in fields.values():
+        for atom in fld.matched:
+            candidates.update(rules.by_atom.get(atom, ()))
+    if not candidates:
+        return _verdict(rules, _structural_findings(rules, msg, False, fields), notes)
+    anywhere = frozenset().union(*(fields[f].matched for f in DEFAULT_FIELDS if f in fields))
     trusted = is_trusted_platform_sender(rules.structural, msg)
     bulk = msg.is_bulk
     findings: list[Finding] = []
-    for rule in rules.text_rules:
+    for index in sorted(candidates):
+        rule = rules.text_rules[index]
         if trusted and rule.trusted == "skip":
             continue
-        if rule.requires and not any(
-            a in get(f).matched for a in rule.requires for f in DEFAULT_FIELDS if texts[f]
-        ):
+        if rule.requires and anywhere.isdisjoint(rule.requires):
             continue
         for name in rule.fields:
-            if not texts[name]:
-                continue
-            fld = get(name)
-            if not all(g in fld.matched for g in rule.groups):
+            fld = fields.get(name)
+            if fld is None or not rule.group_set <= fld.matched:
                 continue
             span = _match_rule(rules, rule, fld)
             if span is None:
@@ -598,11 +613,16 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
                 )
             )
             break
-    findings.extend(_structural_findings(rules, msg, trusted))
+    findings.extend(_structural_findings(rules, msg, trusted, fields))
     return _verdict(rules, findings, notes)
 
 
-def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Finding]:
+def _structural_findings(
+    rules: RuleSet, msg: Message, trusted: bool, fields: Mapping[str, _Field]
+) -> list[Finding]:
+    del fields  # structural checks read the message itself
+    if not trusted:
+        trusted = is_trusted_platform_sender(rules.structural, msg)
     out: list[Finding] = []
     seen: set[str] = set()
     hits: list[Hit] = run_checks(rules.structural, msg)

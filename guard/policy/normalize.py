@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+import re2
 from collections.abc import Callable
 
 # Characters that carry no visible content and are used to split words invisibly.
@@ -58,13 +60,13 @@ _WORD = re.compile(r"[^\W_]+")
 _LATIN = re.compile(r"[a-z]")
 _CYR_GREEK = re.compile(r"[\u0370-\u03ff\u0400-\u052f\u0261]")
 
-# Whitespace runs, including line breaks followed by e-mail quote markers.
-_SPACES = re.compile(r"[ \t\r\f\v]+")
-_NEWLINES = re.compile(r"(?:[ \t]*\n[ \t>|]*)+")
+# E-mail quote markers ("> > text") once whitespace is collapsed to single spaces.
+_QUOTE_MARKS = re.compile(r"(?:(?<= )|^)[>|]+(?: |$)")
+_TOKEN = re.compile(r"\S+")
 
 # Four or more single letters/digits separated by the same kind of filler.
 _SPLIT_LETTERS = re.compile(
-    r"(?<![^\W_])(?:[^\W_](?:[ .\-_*~|/\\]{1,3}|\n)){3,}[^\W_](?![^\W_])"
+    r"(?<![^\W_])(?:[^\W_][ .\-_*~|/\\]{1,3}){3,}[^\W_](?![^\W_])"
 )
 _SPLIT_FILLER = re.compile(r"[\W_]+")
 
@@ -145,19 +147,22 @@ def _fold_words(m: re.Match[str]) -> str:
     return _fold_word(m.group())
 
 
-_NUMBER_HINT = re.compile(rf"(?<![^\W_])(?:{_NUMBER_WORD_RE})[\s,.\-]")
-_EMAIL_HINT = re.compile(
-    r"[\[({<]\s*(?:at|arroba)\s*[\])}>]|\s(?:dot|punto|ponto|point|точка)\s"
+# Cheap over-approximating prechecks, run with RE2 (a DFA pass), so that the Python regex
+# steps below only run on text that may need them.
+_NUMBER_HINT = re2.compile(
+    rf"(?:(?:{_NUMBER_WORD_RE}|\d)[\s,.\-]{{1,3}}){{6,}}(?:{_NUMBER_WORD_RE}|\d)"
 )
-_SPLIT_HINT = re.compile(r"(?<![^\W_])[^\W_][ .\-_*~|/\\]{1,3}[^\W_][ .\-_*~|/\\]{1,3}[^\W_](?![^\W_])")
+_EMAIL_HINT = re2.compile(
+    r"[\[({<]\s*(?:at|arroba|@)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s"
+)
+_SPLIT_HINT = re2.compile(r"(?:[^\W_][ .\-_*~|/\\]{1,3}){3}[^\W_]")
 
 Precheck = Callable[[str], bool] | None
 
 # The ordered regex steps shared by the fast and the tracked path; a step is skipped when
 # its cheap precheck says it cannot apply.
 _STEPS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str, Precheck], ...] = (
-    (_SPACES, " ", None),
-    (_NEWLINES, "\n", lambda t: "\n" in t),
+    (_QUOTE_MARKS, "", lambda t: ">" in t or "|" in t),
     (_SPLIT_LETTERS, _join_split, lambda t: _SPLIT_HINT.search(t) is not None),
     (_SPELLED_NUMBER, _spelled_number, lambda t: _NUMBER_HINT.search(t) is not None),
     (_SPELLED_EMAIL, _spelled_email, lambda t: _EMAIL_HINT.search(t) is not None),
@@ -165,9 +170,9 @@ _STEPS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str, Prech
 
 
 def _char_fold(text: str) -> str:
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return text.lower().translate(_TRANSLATE)
+    if text.isascii():
+        return text.lower()  # nothing to fold: every key of the tables is non-ASCII
+    return unicodedata.normalize("NFKC", text).lower().translate(_TRANSLATE)
 
 
 def normalise(text: str) -> str:
@@ -175,6 +180,7 @@ def normalise(text: str) -> str:
     text = _char_fold(text)
     if _HAS_CYR_GREEK.search(text):
         text = _WORD.sub(_fold_words, text)
+    text = " ".join(text.split())
     for pattern, repl, precheck in _STEPS:
         if precheck is None or precheck(text):
             text = pattern.sub(repl, text)
@@ -205,6 +211,19 @@ def _sub_tracked(
     return "".join(parts), new_offsets
 
 
+def _collapse_tracked(text: str, offsets: list[int]) -> tuple[str, list[int]]:
+    """``" ".join(text.split())`` with offsets: every whitespace run becomes one space."""
+    parts: list[str] = []
+    new_offsets: list[int] = []
+    for m in _TOKEN.finditer(text):
+        if parts:
+            parts.append(" ")
+            new_offsets.append(offsets[m.start() - 1])
+        parts.append(m.group())
+        new_offsets.extend(offsets[m.start() : m.end()])
+    return "".join(parts), new_offsets
+
+
 def normalise_tracked(text: str) -> tuple[str, list[int]]:
     """Like :func:`normalise`, plus the source index of every output character."""
     out: list[str] = []
@@ -221,6 +240,7 @@ def normalise_tracked(text: str) -> tuple[str, list[int]]:
     norm = "".join(out)
     if _HAS_CYR_GREEK.search(norm):
         norm, offsets = _sub_tracked(_WORD, _fold_words, norm, offsets)
+    norm, offsets = _collapse_tracked(norm, offsets)
     for pattern, repl, precheck in _STEPS:
         if precheck is None or precheck(norm):
             norm, offsets = _sub_tracked(pattern, repl, norm, offsets)

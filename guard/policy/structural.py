@@ -101,8 +101,20 @@ def _brand_named(data: StructuralData, text: str) -> Brand | None:
     return None
 
 
+_LOOKALIKE_CACHE: dict[tuple[int, str], Brand | None] = {}
+
+
 def _lookalike(data: StructuralData, host: str) -> Brand | None:
-    """The brand ``host`` imitates, or None (official domains never match)."""
+    """The brand ``host`` imitates, or None (official domains never match). Memoised."""
+    key = (id(data), host)
+    if key not in _LOOKALIKE_CACHE:
+        if len(_LOOKALIKE_CACHE) > 20_000:
+            _LOOKALIKE_CACHE.clear()
+        _LOOKALIKE_CACHE[key] = _find_lookalike(data, host)
+    return _LOOKALIKE_CACHE[key]
+
+
+def _find_lookalike(data: StructuralData, host: str) -> Brand | None:
     org = org_domain(host)
     if org in data.official_orgs:
         return None
