@@ -1,0 +1,28 @@
+# The few commands people run. `make test` installs everything the tests need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORPUS ?= tests/fixtures/demo
+
+.PHONY: install test lint demo bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check guard tests benchmarks
+	$(BIN)/ruff format --check guard tests benchmarks
+	$(BIN)/mypy guard
+
+demo: install
+	$(BIN)/inbox-guard check $(CORPUS)
+
+bench: install
+	$(BIN)/python benchmarks/check_throughput.py

@@ -1,0 +1,460 @@
+"""The ``inbox-guard`` command line.
+
+Commands: ``check`` (verdicts for message files, text or JSON Lines) and ``eval``
+(precision/recall of the rules on a labelled corpus). Later: ``scan``, ``run``,
+``digest``, ``doctor`` (they belong to the daemon and will be added as their modules land).
+
+Exit status: 0 when every input was read (whatever was found), 1 when the engine failed on
+a message (a bug; the other messages are still checked), 2 on unreadable input or bad
+usage, with a one-line ``inbox-guard: error: ...`` on stderr naming the file.
+Everything a message contains is untrusted: it never reaches rich markup, and control,
+format (bidi, zero-width) and other invisible characters are shown as escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console, Group
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from guard import __version__
+
+PROG = "inbox-guard"
+
+# Usage errors raised by the parser: typer >= 0.2x vendors click and its exceptions derive
+# from typer.TyperException; older typer uses click itself.
+_USAGE_ERRORS: tuple[type[Exception], ...] = (typer.TyperException,)
+try:  # pragma: no cover - depends on the installed typer
+    import click
+
+    _USAGE_ERRORS += (click.ClickException,)
+except ImportError:  # pragma: no cover
+    pass
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class Level(StrEnum):
+    none = "none"
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+app = typer.Typer(
+    name=PROG,
+    help="Guards a freelancer's work mailbox: off-platform requests, scams, phishing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Fail(Exception):
+    """A one-line error for the user; ends the command with ``code`` (2: input or usage)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- output safety
+
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+_SPACES = re.compile(" {2,}")
+_JSON_UNSAFE = re.compile(
+    "[\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+    "\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e007f]"
+)
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def clean(text: str, *, multiline: bool = False) -> str:
+    """Text safe to show on a terminal: no control or invisible characters.
+
+    Tabs, other spaces and (unless ``multiline``) line breaks become one space; control
+    characters (ANSI escapes), bidi overrides, zero-width and other format characters,
+    surrogates and unassigned code points are shown as ``\\x1b`` / ``\\u202e`` escapes.
+    """
+    if text.isascii() and not _NOT_PRINTABLE.search(text):
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch == "\n" and multiline:
+            out.append("\n")
+        elif ch in "\t\r\n\v\f" or unicodedata.category(ch) == "Zs":
+            out.append(" ")
+        else:
+            out.append(_escape_char(ch))
+    result = "".join(out)
+    return result if multiline else _SPACES.sub(" ", result).strip()
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells astral characters as a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def json_line(obj: Any) -> str:
+    """Compact JSON that keeps letters readable but escapes anything a terminal acts on.
+
+    ``json.dumps`` already escapes C0 controls; DEL, C1 controls (``\\x9b`` is CSI on
+    some terminals), bidi and zero-width characters, line separators, lone surrogates
+    and Unicode tag characters are escaped here too. The decoded value is unchanged.
+    """
+    return _JSON_UNSAFE.sub(_json_escape, json.dumps(obj, ensure_ascii=False))
+
+
+def _indented(line: str) -> str:
+    """:func:`clean` for one report line, keeping its indentation."""
+    body = line.lstrip(" ")
+    return " " * (len(line) - len(body)) + clean(body)
+
+
+def error(message: str) -> None:
+    """One line on stderr: ``inbox-guard: error: <message>``."""
+    sys.stderr.write(f"{PROG}: error: {clean(message)}\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    raise Fail(message, code)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _load_rules(rules: Sequence[Path]) -> Any:
+    from guard.policy import RulesError, load_rules
+
+    try:
+        return load_rules(list(rules))
+    except RulesError as exc:
+        message = str(exc)
+        for path in map(str, rules):  # "x.toml: rule ..." -> "rules file 'x.toml': rule ..."
+            if message.startswith(f"{path}: "):
+                message = f"rules file '{path}': {message[len(path) + 2 :]}"
+                break
+        fail(message if "rules" in message else f"rules: {message}")
+    except OSError as exc:  # the engine should wrap these; be safe anyway
+        fail(f"rules file '{exc.filename}': {exc.strerror or exc}")
+
+
+_RISK_STYLE = {"none": "green", "low": "yellow", "medium": "dark_orange", "high": "bold red"}
+
+
+# --------------------------------------------------------------------------- app callback
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"{PROG} {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Guards a freelancer's work mailbox: off-platform requests, scams, phishing."""
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _message_record(name: str, msg: Any, verdict: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "source": name,
+        "message_id": msg.message_id,
+        "subject": msg.subject,
+        "risk": verdict.risk,
+        "score": verdict.score,
+        "categories": list(verdict.categories),
+        "findings": [f.to_dict() for f in verdict.findings],
+    }
+    if msg.defects:
+        record["defects"] = list(msg.defects)
+    return record
+
+
+def _paragraphs(text: str) -> str:
+    """Reflow hard-wrapped text (rich wraps it again); blank lines separate paragraphs."""
+    paras = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    return "\n".join(clean(p) for p in paras if p)
+
+
+def _text_block(name: str, msg: Any, verdict: Any) -> Group:
+    risk_style = _RISK_STYLE.get(verdict.risk, "")
+    head = Table.grid(padding=(0, 1))
+    head.add_column(style="dim", no_wrap=True)
+    head.add_column()
+    head.add_row("subject", Text(clean(msg.subject) or "(no subject)"))
+    risk = Text()
+    risk.append(verdict.risk.upper(), style=risk_style)
+    risk.append(f"  score {verdict.score:g}")
+    if verdict.categories:
+        risk.append("  " + ", ".join(verdict.categories))
+    head.add_row("risk", risk)
+    if msg.defects:
+        head.add_row("defects", Text(clean("; ".join(msg.defects))))
+
+    parts: list[Any] = [Text(clean(name), style="bold"), Padding(head, (0, 0, 0, 2))]
+    for f in verdict.findings:
+        counted = f.category in verdict.categories
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        title = Text()
+        title.append(clean(f.category), style="bold" if counted else "dim")
+        title.append(f"  {clean(f.rule)}  {f.score:+g}  in {clean(f.where)}", style="dim")
+        grid.add_row("•", title)
+        grid.add_row("", Text("“" + clean(f.evidence) + "”", style="italic"))
+        if f.explanation:
+            grid.add_row("", Text(_paragraphs(f.explanation)))
+        parts.append(Padding(grid, (0, 0, 0, 2)))
+    parts.append(Text(""))
+    return Group(*parts)
+
+
+@app.command()
+def check(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PATH",
+            help="Message files (.eml), directories (searched for .eml and Maildir "
+            "cur/new files), mbox files, or - for standard input.",
+            show_default=False,
+        ),
+    ],
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", help="text or json (JSON Lines).")
+    ] = Format.text,
+    rules: Annotated[
+        list[Path] | None,
+        typer.Option("--rules", metavar="FILE", help="Extra rules file (TOML); repeatable."),
+    ] = None,
+    min_risk: Annotated[
+        Level, typer.Option("--min-risk", help="Only print messages at or above this risk.")
+    ] = Level.none,
+) -> None:
+    """Check message files and print a verdict for each message."""
+    from guard.message import parse_message
+    from guard.policy import evaluate, level_at_least
+    from guard.sources import SourceError, iter_sources
+
+    ruleset = _load_rules(rules or [])
+    read_errors = 0
+    engine_errors = 0
+    counts = {lvl.value: 0 for lvl in Level}
+
+    def on_error(exc: SourceError) -> None:
+        nonlocal read_errors
+        read_errors += 1
+        error(str(exc))
+
+    out = sys.stdout
+    console = Console(file=out, highlight=False, emoji=False, markup=False)
+    for source in iter_sources(paths, on_error=on_error):
+        try:
+            msg = parse_message(source.raw)
+            verdict = evaluate(ruleset, msg)
+        except Exception as exc:  # a bug in the engine must not hide the other messages
+            engine_errors += 1
+            error(f"'{source.name}': internal error: {type(exc).__name__}: {exc}")
+            continue
+        counts[verdict.risk] = counts.get(verdict.risk, 0) + 1
+        if not level_at_least(verdict.risk, min_risk.value):
+            continue
+        if fmt is Format.json:
+            out.write(json_line(_message_record(source.name, msg, verdict)) + "\n")
+        else:
+            with console.capture() as captured:
+                console.print(_text_block(source.name, msg, verdict))
+            # rich pads table cells to the full width: drop the trailing blanks
+            out.write("\n".join(line.rstrip(" ") for line in captured.get().split("\n")))
+        out.flush()
+
+    if fmt is Format.text:
+        total = sum(counts.values())
+        summary = ", ".join(f"{n} {lvl}" for lvl, n in reversed(counts.items()) if n)
+        console.print(Text(f"{total} message{'s' if total != 1 else ''} checked: {summary or '-'}"))
+        out.flush()
+    if read_errors:
+        raise typer.Exit(2)
+    if engine_errors:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@app.command(name="eval")
+def eval_command(
+    corpus: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CORPUS_DIR",
+            help="A directory with labels.csv (file,categories,notes) and the messages.",
+            show_default=False,
+        ),
+    ],
+    rules: Annotated[
+        list[Path] | None,
+        typer.Option("--rules", metavar="FILE", help="Extra rules file (TOML); repeatable."),
+    ] = None,
+    min_risk: Annotated[
+        Level, typer.Option("--min-risk", help="A message counts as flagged at this risk.")
+    ] = Level.low,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
+    all_ham: Annotated[
+        bool, typer.Option("--all-ham", help="No labels: every message found is ham.")
+    ] = False,
+    all_risky: Annotated[
+        bool, typer.Option("--all-risky", help="No labels: every message found is risky.")
+    ] = False,
+) -> None:
+    """Measure the rules on a corpus: per-category precision/recall/F1, flag rates, misses."""
+    from guard import evaluation as ev
+    from guard.message import parse_message
+    from guard.policy import evaluate
+    from guard.sources import SourceError, iter_sources, read_message_file
+
+    if all_ham and all_risky:
+        fail("--all-ham and --all-risky cannot be used together")
+    if not corpus.is_dir():
+        reason = "not a directory" if corpus.exists() else "No such file or directory"
+        fail(f"cannot read '{corpus}': {reason}")
+    labels_path = corpus / "labels.csv"
+    unlabelled = all_ham or all_risky
+    if not unlabelled and not labels_path.is_file():
+        fail(f"no labels.csv in '{corpus}' (use --all-ham or --all-risky for a plain directory)")
+    labels: list[tuple[str, frozenset[str]]] = []
+    if not unlabelled:
+        try:
+            labels = ev.parse_labels(
+                read_message_file(labels_path).decode("utf-8-sig"), str(labels_path)
+            )
+        except (SourceError, ev.LabelsError) as exc:
+            fail(str(exc))
+        except UnicodeDecodeError:
+            fail(f"labels file '{labels_path}': not UTF-8 text")
+
+    ruleset = _load_rules(rules or [])
+    level = min_risk.value
+    outcomes: list[ev.Outcome] = []
+    read_errors = 0
+
+    def on_error(exc: SourceError) -> None:
+        nonlocal read_errors
+        read_errors += 1
+        error(str(exc))
+
+    def verdict_for(raw: bytes, name: str) -> Any:
+        try:
+            return evaluate(ruleset, parse_message(raw))
+        except Exception as exc:  # a bug: name the message, metrics would be wrong
+            fail(f"'{name}': internal error: {type(exc).__name__}: {exc}", code=1)
+
+    if unlabelled:
+        for source in iter_sources([corpus], on_error=on_error):
+            name = os.path.relpath(source.name, corpus)
+            verdict = verdict_for(source.raw, name)
+            outcomes.append(ev.outcome_from_verdict(name, None, verdict, level, risky=all_risky))
+        report = ev.summarize_unlabelled(
+            outcomes, str(corpus), "risky" if all_risky else "ham", level
+        )
+        data = ev.unlabelled_to_dict(report)
+        lines = ev.render_unlabelled(report)
+    else:
+        for file, expected in labels:
+            try:
+                raw = read_message_file(corpus / file)
+            except SourceError as exc:
+                fail(str(exc))
+            verdict = verdict_for(raw, file)
+            outcomes.append(ev.outcome_from_verdict(file, expected, verdict, level))
+        labelled = ev.summarize(outcomes, str(corpus), level)
+        data = ev.report_to_dict(labelled)
+        lines = ev.render_report(labelled)
+
+    if fmt is Format.json:
+        sys.stdout.write(json_line(data) + "\n")
+    else:
+        sys.stdout.write("".join(_indented(line) + "\n" for line in lines))
+    sys.stdout.flush()
+    if read_errors:
+        raise typer.Exit(2)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns (and, when run as a script, exits with) the status."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:  # never die on a character the terminal cannot show
+            reconfigure(errors="backslashreplace")
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = command.main(args=args, prog_name=PROG, standalone_mode=False)
+    except Fail as exc:
+        error(str(exc))
+        status = exc.code
+    except _USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
+            status = 2
+        else:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            error(" ".join(str(message).replace("Value error, ", "").split()))
+            status = getattr(exc, "exit_code", 2) or 2
+    except typer.Abort:
+        sys.stderr.write("\n")
+        status = 130
+    except KeyboardInterrupt:
+        status = 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        status = 1
+    if argv is None:
+        sys.exit(status if isinstance(status, int) else 0)
+    return status if isinstance(status, int) else 0
