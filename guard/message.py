@@ -7,8 +7,27 @@ whatever could not be read is reported in ``Message.defects`` and the rest is ke
 
 from __future__ import annotations
 
+import binascii
+import codecs
+import contextlib
+import email.utils
+import logging
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import Message as MimePart
+from email.parser import BytesParser
+from email.policy import compat32
+from functools import lru_cache
+from typing import Any
+
+import filetype
+import mailparser
+import re2
+from selectolax.lexbor import LexborHTMLParser
+
+# mail-parser logs a warning for every part it does not handle itself; that is noise here.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,5 +126,1086 @@ class Message:
         )
 
 
-def parse_message(raw: bytes) -> Message:  # pragma: no cover - replaced below
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------
+# Limits against hostile input.
+
+MAX_TEXT_CHARS = 1_000_000
+"""Cap for every text field of :class:`Message` (``text``, ``html_text``, subject...)."""
+MAX_ATTACHMENTS = 200
+MAX_LINKS = 500
+MAX_PARTS = 1_000
+"""MIME parts visited at most; a message with more is read only that far."""
+MAX_DEFECTS = 100
+ATTACHMENT_TEXT_MAX_SIZE = 256 * 1024
+"""Attachments at least this big (decoded bytes) get no ``text``."""
+ATTACHMENT_TEXT_CHARS = 64 * 1024
+"""``Attachment.text`` is cut to this many characters."""
+
+_DEFECT_CHARS = 300
+_MAX_PART_BYTES = 4 * MAX_TEXT_CHARS  # bytes of one body part ever handed to a codec
+_MAX_HTML_CHARS = 2 * MAX_TEXT_CHARS  # characters of one HTML part ever parsed
+_FULL_DECODE_CHARS = 1_500_000  # base64 attachments up to this long are decoded whole
+_PEEK_BYTES = 64 * 1024  # otherwise only this much of the head and of the tail is decoded
+_SNIFF_BYTES = 8192
+_TOO_MANY_ATTACHMENTS = f"more than {MAX_ATTACHMENTS} attachments; the rest ignored"
+
+# Headers read from the raw header list, first occurrence of each.
+_WANTED_HEADERS = frozenset(
+    {
+        "from",
+        "reply-to",
+        "sender",
+        "to",
+        "cc",
+        "return-path",
+        "subject",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "authentication-results",
+        "list-id",
+        "auto-submitted",
+        "precedence",
+        "list-unsubscribe",
+        "content-type",
+        "content-disposition",
+        "content-transfer-encoding",
+    }
+)
+
+# --------------------------------------------------------------------------------------
+# Compiled once.
+
+_NEWLINES_RE = re.compile(r"\r\n?")
+_ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
+_ANGLE_ADDR_RE = re.compile(r"<([^<>]*)>")
+_MSG_ID_RE = re.compile(r"<[^<>]*>")
+_CHARSET_RE = re.compile(r"(?<![\w-])charset\s*=\s*\"?([^\s\";]+)", re.I)
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_JUNK = bytes(sorted(set(range(256)) - set(_B64_ALPHABET)))
+_B64_JUNK_KEEP_PAD = bytes(sorted(set(range(256)) - set(_B64_ALPHABET + b"=")))
+
+# Authentication-Results (RFC 8601).
+_AR_COMMENT_RE = re.compile(r"\([^()]*\)")
+_AR_METHODS = frozenset({"spf", "dkim", "dmarc"})
+_AR_EQUALS_RE = re.compile(r"\s*=\s*")
+
+# Bare URLs in plain text: http(s)://, www., and scheme-less messenger/shortener links.
+# RE2 (a project dependency) because this runs over every plain-text body: the
+# stdlib engine needs ~140 µs for a 2 KB text with this alternation, RE2 ~15 µs.
+_URL_HOSTS = (
+    r"wa\.me|wa\.link|t\.me|telegram\.(?:me|dog)|m\.me|signal\.me|discord\.gg"
+    r"|discord(?:app)?\.com/invite|chat\.whatsapp\.com|api\.whatsapp\.com|line\.me"
+    r"|bit\.ly|tinyurl\.com|cutt\.ly|rb\.gy|is\.gd"
+)
+_URL_PATTERN = r"(?i)\bhttps?://{c}+|\bwww\.{c}+|\b(?:{hosts})/{c}*"
+_URL_CHAR = r"[^\s\x{a0}\x{1680}\x{2000}-\x{200b}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}<>\"'`]"
+_URL_RE = re2.compile(_URL_PATTERN.format(c=_URL_CHAR, hosts=_URL_HOSTS))
+_URL_RE_ASCII = re2.compile(_URL_PATTERN.format(c=r"[^\s<>\"'`]", hosts=_URL_HOSTS).encode())
+_URL_TRAILING = ".,;:!?*'\""
+
+# HTML to text. Block-level tags get a form feed inserted before them in the source
+# (a whitespace character the HTML parser keeps in place, even inside tables, and that
+# real mail practically never contains); after extraction every run of form feeds
+# becomes one line break. Table cells get a plain space. Inline tags get nothing, so
+# ``D<span>is</span>cord`` reads "Discord".
+# The alternation is written as a trie: the regex engine tries branches one by one at
+# every "<", and this runs over every HTML body.
+_BLOCK_TAG_TRIE = (
+    r"a(?:rticle|ddress|side)|b(?:r|lockquote)|c(?:enter|aption)|d(?:iv|[ldt]|etails)"
+    r"|f(?:ooter|orm|ieldset|igure|igcaption)|h(?:[1-6r]|eader)|l(?:i|egend)|main|nav|ol"
+    r"|p(?:re)?|s(?:ection|ummary)|t(?:r|able)|ul"
+)
+_BLOCK_TAG_RE = re.compile(r"<(?=/?(?:" + _BLOCK_TAG_TRIE + r")[\s/>])", re.I)
+_CELL_TAG_RE = re.compile(r"<(?=t[dh][\s/>])", re.I)
+_DROPPED_TAGS = ["script", "style", "head", "title", "noscript", "template"]
+_HIDDEN_CANDIDATES = (
+    '[hidden], [style*="none" i], [style*="hidden" i], [style*="font-size" i],'
+    ' [style*="opacity" i], [style*="height" i]'
+)
+_CSS_ZERO = r"(?:0+(?:\.0*)?|\.0+)(?:px|pt|em|rem|%)?\s*(?:!\s*important\s*)?(?:;|$)"
+_HIDDEN_STYLE_RE = re.compile(
+    r"(?:^|[;\s])(?:display\s*:\s*none|visibility\s*:\s*hidden"
+    r"|font-size\s*:\s*" + _CSS_ZERO + r"|opacity\s*:\s*" + _CSS_ZERO + ")",
+    re.I,
+)
+# Cheap hints, searched in the lower-cased source (each starts with a literal, which the
+# regex engine finds fast); only when one matches are the elements themselves checked.
+_HIDDEN_HINT_RES = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"display\s*:\s*none",
+        r"visibility\s*:\s*hidden",
+        r"hidden[\s=/>]",
+        r"font-size\s*:\s*(?:0+(?:\.0*)?|\.0+)(?![\d.])",
+        r"opacity\s*:\s*(?:0+(?:\.0*)?|\.0+)(?![\d.])",
+        r"height\s*:\s*(?:0+(?:\.0*)?|\.0+)(?![\d.])",
+    )
+)
+_ZERO_HEIGHT_RE = re.compile(r"(?:^|[;\s])(?:max-)?height\s*:\s*" + _CSS_ZERO, re.I)
+_OVERFLOW_HIDDEN_RE = re.compile(r"overflow(?:-[xy])?\s*:\s*hidden", re.I)
+_ZERO_WIDTH_RE = re.compile("[\u00ad\u180e\u200b-\u200d\u2060\ufeff]+")
+
+# Charset labels that Python spells differently or that mail software uses loosely
+# (a declared superset reads everything the subset would, and more).
+_CHARSET_ALIASES = {
+    "us-ascii": "utf-8",
+    "ascii": "utf-8",
+    "ansi_x3.4-1968": "utf-8",
+    "utf8": "utf-8",
+    "unicode-1-1-utf-8": "utf-8",
+    "x-unicode20utf8": "utf-8",
+    "iso-8859-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "iso_8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "x-sjis": "cp932",
+    "iso-8859-8-i": "iso-8859-8",
+    "windows-874": "cp874",
+    "tis-620": "cp874",
+}
+
+# Encryption markers of archives and documents.
+_SEVENZIP_MAGIC = b"7z\xbc\xaf\x27\x1c"
+_SEVENZIP_AES = b"\x06\xf1\x07\x01"  # coder id of 7zAES
+_RAR4_MAGIC = b"Rar!\x1a\x07\x00"
+_RAR5_MAGIC = b"Rar!\x1a\x07\x01\x00"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_OLE_ENCRYPTED = "EncryptedPackage".encode("utf-16-le")  # password-protected Office file
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers.
+
+
+class _Defects:
+    """Human-readable problem notes: one line each, short, unique, at most MAX_DEFECTS."""
+
+    __slots__ = ("_seen", "items")
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._seen: set[str] = set()
+
+    def add(self, note: str) -> None:
+        note = " ".join(note.split())
+        if len(note) > _DEFECT_CHARS:
+            note = note[: _DEFECT_CHARS - 1] + "…"
+        if note and note not in self._seen and len(self.items) < MAX_DEFECTS:
+            self._seen.add(note)
+            self.items.append(note)
+
+
+def _cap(text: str, what: str, defects: _Defects) -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        defects.add(f"{what} truncated to {MAX_TEXT_CHARS} characters")
+        return text[:MAX_TEXT_CHARS]
+    return text
+
+
+def _valid_unicode(text: str) -> str:
+    """Replace lone surrogates (some codecs produce them) so the text encodes as UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _fix_raw_text(text: str) -> str:
+    """Turn surrogate-escaped 8-bit bytes (raw header octets) into real characters.
+
+    The bytes are read as UTF-8 when they are valid UTF-8, else as windows-1252.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
+def _header_str(value: Any) -> str:
+    """A raw header value unfolded, with NULs removed, 8-bit bytes decoded, stripped."""
+    if not isinstance(value, str):
+        value = str(value)
+    if "\n" in value:
+        value = value.replace("\n", "")
+    if "\r" in value:
+        value = value.replace("\r", "")
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if not value.isascii():
+        value = _fix_raw_text(value)
+    return value.strip()
+
+
+@lru_cache(maxsize=256)
+def _codec(charset: str) -> str | None:
+    """The Python codec for a MIME charset label, or None when unknown or not text."""
+    name = charset.strip().strip("\"'").lower()
+    if not name or len(name) > 40:
+        return None
+    name = _CHARSET_ALIASES.get(name, name)
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError, TypeError):
+        return None
+    if not getattr(info, "_is_text_encoding", True):  # base64, zlib, rot13...
+        return None
+    return info.name
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> tuple[str, str]:
+    """Decode ``data`` as ``charset``; returns the text and a problem note ("" if none).
+
+    Order: the declared charset, then UTF-8; bytes that are no UTF-8 either are read
+    as UTF-8 with replacement characters when the payload holds some valid multi-byte
+    UTF-8, otherwise as windows-1252 (the latin-1 superset legacy mail really uses),
+    so a mislabelled Western text keeps its letters instead of turning into U+FFFD.
+    """
+    problem = ""
+    codec = _codec(charset) if charset else "utf-8"
+    if codec is None:
+        problem = f"unknown charset {charset!r}"
+    else:
+        try:
+            return _valid_unicode(data.decode(codec)), ""
+        except Exception:  # UnicodeError, or anything an exotic codec raises
+            problem = f"bytes are not valid {charset or 'utf-8'}"
+    if codec != "utf-8":
+        try:
+            return data.decode("utf-8"), f"{problem}, decoded as utf-8"
+        except UnicodeDecodeError:
+            pass
+    text = data.decode("utf-8", "replace")
+    if text.replace("\ufffd", "").isascii() and not data.isascii():
+        return data.decode("cp1252", "replace"), f"{problem}, decoded as windows-1252"
+    return text, f"{problem}, decoded as utf-8 with replacement characters"
+
+
+def _b64decode(data: bytes) -> bytes:
+    """Lenient base64: junk characters ignored, bad padding repaired, never raises."""
+    try:
+        return binascii.a2b_base64(data)
+    except (binascii.Error, ValueError):
+        clean = data.translate(None, _B64_JUNK)
+        if len(clean) % 4 == 1:
+            clean = clean[:-1]
+        try:
+            return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+        except (binascii.Error, ValueError):
+            return b""
+
+
+def _decode_words(text: str) -> str:
+    """Decode RFC 2047 encoded words anywhere in ``text``; never raises.
+
+    Adjacent encoded words in one charset are joined before decoding, so a multi-byte
+    character split across two words survives; whitespace between encoded words is
+    dropped as the RFC says. Unknown charsets are read as UTF-8 with replacement.
+    """
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    pending = b""
+    pending_charset: str | None = None
+    pos = 0
+    for match in _ENCODED_WORD_RE.finditer(text):
+        gap = text[pos : match.start()]
+        charset = match.group(1).split("*", 1)[0]
+        if pending_charset is not None and (
+            (gap and not gap.isspace()) or charset != pending_charset
+        ):
+            out.append(_decode_bytes(pending, pending_charset)[0])
+            pending, pending_charset = b"", None
+        if pending_charset is None:
+            out.append(gap)
+        try:
+            word = match.group(3).encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            word = match.group(3).encode("utf-8", "replace")
+        if match.group(2) in "bB":
+            pending += _b64decode(word)
+        else:
+            pending += binascii.a2b_qp(word, header=True)
+        pending_charset = charset
+        pos = match.end()
+    if pending_charset is not None:
+        out.append(_decode_bytes(pending, pending_charset)[0])
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _header_text(value: Any) -> str:
+    """A display header (Subject, a display name): decoded and whitespace-collapsed."""
+    return " ".join(_decode_words(_header_str(value)).split())
+
+
+def _normalise_text(text: str) -> str:
+    if "\r" in text:
+        text = _NEWLINES_RE.sub("\n", text)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text
+
+
+# --------------------------------------------------------------------------------------
+# Headers.
+
+
+def _first_headers(part: MimePart) -> dict[str, str]:
+    """First occurrence of each wanted header, raw (as on the wire, still folded)."""
+    found: dict[str, str] = {}
+    for name, value in part.raw_items():
+        key = name.lower()
+        if key in _WANTED_HEADERS and key not in found:
+            found[key] = value
+    return found
+
+
+def _to_addresses(pairs: Any) -> tuple[Address, ...]:
+    out: list[Address] = []
+    if not isinstance(pairs, list):
+        return ()
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            continue
+        name, addr = pair
+        addr = _header_str(addr).lower()
+        if not addr:
+            continue
+        name = " ".join(_header_str(name).split())
+        out.append(Address("" if name.lower() == addr else name, addr))
+    return tuple(out)
+
+
+def _parse_addresses(raw: str) -> tuple[Address, ...]:
+    """Own mailbox parsing, for Sender and when mail-parser found nothing usable."""
+    try:
+        pairs = email.utils.getaddresses([_header_str(raw)])
+    except Exception:
+        return ()
+    return _to_addresses([(_decode_words(name), addr) for name, addr in pairs if "@" in addr])
+
+
+def _address_header(
+    parsed: Any, raw: str | None, defects: _Defects, label: str
+) -> tuple[Address, ...]:
+    """mail-parser's mailboxes; when it rejected a present header, our own reading."""
+    found = _to_addresses(parsed)
+    if found or raw is None or not _header_str(raw):
+        return found
+    found = _parse_addresses(raw)
+    if found:
+        defects.add(f"{label} header is malformed; read leniently")
+    return found
+
+
+def _return_path(raw: str | None) -> str:
+    if raw is None:
+        return ""
+    value = _header_str(raw)
+    match = _ANGLE_ADDR_RE.search(value)
+    if match:
+        value = match.group(1)
+    return value.strip().strip("<>").strip().lower()
+
+
+def _message_date(parsed: Any, raw: str, defects: _Defects) -> datetime | None:
+    """Date header as an aware datetime in the sender's own UTC offset, or None."""
+    value = _header_str(raw)
+    date = parsed if isinstance(parsed, datetime) else None
+    if date is None:  # mail-parser is strict; the stdlib reads a few more forms
+        try:
+            date = email.utils.parsedate_to_datetime(value)
+        except Exception:
+            date = None
+        if date is None:
+            defects.add(f"date header could not be parsed: {value[:80]!r}")
+            return None
+    if date.tzinfo is None:
+        date = date.replace(tzinfo=UTC)
+    if value.endswith(")"):  # "... -0500 (EST)"
+        value = value[: value.rfind("(")].rstrip()
+    zone = _zone(value[-5:])
+    if zone is not None:
+        with contextlib.suppress(OverflowError, ValueError):
+            date = date.astimezone(zone)
+    return date
+
+
+@lru_cache(maxsize=64)
+def _zone(token: str) -> timezone | None:
+    """The UTC offset written as "+hhmm"/"-hhmm", or None when ``token`` is not one."""
+    if len(token) != 5 or token[0] not in "+-" or not token[1:].isdigit():
+        return None
+    hours, minutes = int(token[1:3]), int(token[3:])
+    if hours > 23 or minutes > 59:
+        return None
+    offset = timedelta(hours=hours, minutes=minutes)
+    return timezone(-offset if token[0] == "-" else offset)
+
+
+def _auth_results(raw: str | None) -> AuthResults:
+    """Verdicts of one Authentication-Results header (RFC 8601), comments removed.
+
+    Plain string work, no regex: this runs for every message. Results are read as
+    ``method=verdict`` tokens, so a header that forgets the ";" between results is
+    read too; ``header.d`` (else the domain of ``header.i``) is taken from the
+    properties following a dkim result.
+    """
+    if raw is None:
+        return AuthResults()
+    value = _header_str(raw).lower()
+    if "(" in value:
+        for _ in range(8):  # nested comments, innermost first; bounded
+            stripped = _AR_COMMENT_RE.sub(" ", value)
+            if stripped == value:
+                break
+            value = stripped
+    if " =" in value or "= " in value:
+        value = _AR_EQUALS_RE.sub("=", value)
+    verdicts: dict[str, str] = {}
+    dkim: list[list[str]] = []  # [verdict, domain]
+    current: list[str] | None = None
+    for segment in value.split(";"):
+        current = None
+        for token in segment.split():
+            key, equals, val = token.partition("=")
+            if not equals:
+                continue
+            if key in _AR_METHODS:
+                verdict = val.strip('"')
+                verdicts.setdefault(key, verdict)
+                current = [verdict, ""] if key == "dkim" else None
+                if current is not None:
+                    dkim.append(current)
+            elif current is not None and key == "header.d":
+                current[1] = val.strip('"').rstrip(".")
+            elif current is not None and key == "header.i" and not current[1]:
+                current[1] = val.strip('"').rpartition("@")[2].rstrip(".")
+    dkim_verdict = "pass" if any(v == "pass" for v, _ in dkim) else verdicts.get("dkim", "")
+    domains = tuple(dict.fromkeys(d for v, d in dkim if v == "pass" and d))
+    return AuthResults(
+        spf=verdicts.get("spf", ""),
+        dkim=dkim_verdict,
+        dmarc=verdicts.get("dmarc", ""),
+        dkim_domains=domains,
+    )
+
+
+def _mailparser_defects(mail: Any, defects: _Defects) -> None:
+    for entry in mail.defects or ():
+        if not isinstance(entry, dict):
+            defects.add(str(entry))
+            continue
+        for where, notes in entry.items():
+            for note in notes if isinstance(notes, list) else [notes]:
+                defects.add(f"{where}: {note}")
+
+
+# --------------------------------------------------------------------------------------
+# Links and HTML.
+
+
+def _url_links(text: str, links: list[Link]) -> None:
+    if text.isascii():  # the bytes engine skips RE2's character-offset bookkeeping
+        found = [url.decode("ascii") for url in _URL_RE_ASCII.findall(text.encode("ascii"))]
+    else:
+        found = _URL_RE.findall(text)
+    for match in found:
+        if len(links) >= MAX_LINKS:
+            return
+        url = match.rstrip(_URL_TRAILING)
+        for close, open_ in ((")", "("), ("]", "["), ("}", "{")):
+            while url.endswith(close) and url.count(close) > url.count(open_):
+                url = url[:-1].rstrip(_URL_TRAILING)
+        if len(url) > 4:
+            links.append(Link(url, url))
+
+
+def _visible(text: str) -> str:
+    """Collapse whitespace and drop zero-width characters (``Pay&#8203;Pal``)."""
+    if not text.isascii():
+        text = _ZERO_WIDTH_RE.sub("", text)
+    return " ".join(text.split())
+
+
+def _may_hide(lowered: str) -> bool:
+    """Whether the lower-cased HTML source contains any hiding construct at all."""
+    display, visibility, attribute, font_size, opacity, height = _HIDDEN_HINT_RES
+    return bool(
+        display.search(lowered)
+        or visibility.search(lowered)
+        or attribute.search(lowered)
+        or font_size.search(lowered)
+        or opacity.search(lowered)
+        or height.search(lowered)
+    )
+
+
+def _is_hidden(node: Any) -> bool:
+    attrs = node.attributes
+    if "hidden" in attrs:
+        return True
+    style = attrs.get("style") or ""
+    if _HIDDEN_STYLE_RE.search(style):
+        return True
+    return bool(_ZERO_HEIGHT_RE.search(style) and _OVERFLOW_HIDDEN_RE.search(style))
+
+
+def _html_to_text(html: str, links: list[Link] | None, defects: _Defects) -> str:
+    """Visible text of an HTML document; appends its ``<a href>`` links to ``links``."""
+    if len(html) > _MAX_HTML_CHARS:
+        defects.add(f"html: only the first {_MAX_HTML_CHARS} characters were read")
+        html = html[:_MAX_HTML_CHARS]
+    if "\f" in html:
+        html = html.replace("\f", " ")
+    html = _CELL_TAG_RE.sub(" <", _BLOCK_TAG_RE.sub("\f<", html))
+    tree = LexborHTMLParser(html)
+    tree.strip_tags(_DROPPED_TAGS, recursive=True)
+
+    if links is not None:
+        for anchor in tree.css("a[href]"):
+            if len(links) >= MAX_LINKS:
+                break
+            href = anchor.attributes.get("href") or ""
+            if "\f" in href:
+                href = href.replace("\f", "")
+            label = _visible(anchor.text())
+            if not label:
+                image = anchor.css_first("img[alt]")
+                if image is not None:
+                    label = _visible(image.attributes.get("alt") or "")
+            links.append(Link(label, href.strip()))
+
+    hidden = []
+    if _may_hide(html.lower()):
+        hidden = [node for node in tree.css(_HIDDEN_CANDIDATES) if _is_hidden(node)]
+    if hidden:
+        ids = {node.mem_id for node in hidden}
+        outermost = []
+        for node in hidden:
+            parent = node.parent
+            while parent is not None and parent.mem_id not in ids:
+                parent = parent.parent
+            if parent is None:
+                outermost.append(node)
+        del hidden, node  # drop nested nodes before their ancestors are destroyed
+        removed = 0
+        for node in outermost:
+            removed += len("".join(node.text().split()))
+            node.decompose()
+        if removed:
+            defects.add(f"html: hidden text removed ({removed} chars)")
+
+    root = tree.body or tree.root
+    text = root.text() if root is not None else ""
+    if not text.isascii():
+        text = _ZERO_WIDTH_RE.sub("", text)
+    # Form feeds are the block boundaries; all other whitespace collapses to a space.
+    return "\n".join(filter(None, [" ".join(line.split()) for line in text.split("\f")]))
+
+
+# --------------------------------------------------------------------------------------
+# Attachments.
+
+
+def _sniff(head: bytes) -> str:
+    if not head:
+        return ""
+    try:
+        kind = filetype.guess(head[:_SNIFF_BYTES])
+    except Exception:
+        kind = None
+    if kind is not None:
+        return str(kind.mime)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
+        return "application/zip"
+    return ""
+
+
+def _zip_flag_set(data: bytes, signature: bytes, flag_offset: int) -> bool:
+    """True when a zip header record carries general-purpose flag bit 0 (encrypted)."""
+    pos = data.find(signature)
+    for _ in range(4096):
+        if pos == -1:
+            return False
+        if pos + flag_offset < len(data) and data[pos + flag_offset] & 0x1:
+            return True
+        pos = data.find(signature, pos + 4)
+    return False
+
+
+def _vint(data: bytes, pos: int) -> tuple[int, int]:
+    """A RAR5 variable-length integer at ``pos``: (value, position after it)."""
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("truncated vint")
+
+
+def _rar_encrypted(data: bytes) -> bool:
+    """Encrypted-header or encrypted-file flags in the first headers of a RAR archive."""
+    try:
+        if data.startswith(_RAR5_MAGIC):
+            pos = len(_RAR5_MAGIC)
+            for _ in range(32):
+                size, start = _vint(data, pos + 4)  # after the header CRC32
+                end = start + size
+                kind, p = _vint(data, start)
+                if kind == 4:  # archive encryption header
+                    return True
+                flags, p = _vint(data, p)
+                extra = payload = 0
+                if flags & 0x1:
+                    extra, p = _vint(data, p)
+                if flags & 0x2:
+                    payload, p = _vint(data, p)
+                if kind == 2 and extra:  # file header: look for an encryption record
+                    q = end - extra
+                    while q < end:
+                        record, q2 = _vint(data, q)
+                        record_type, _ = _vint(data, q2)
+                        if record_type == 1:
+                            return True
+                        q = q2 + max(record, 1)
+                if kind == 5 or end >= len(data):  # end of archive
+                    return False
+                pos = end + payload
+            return False
+        pos = len(_RAR4_MAGIC)
+        for _ in range(32):
+            if pos + 7 > len(data):
+                return False
+            kind, flags = data[pos + 2], int.from_bytes(data[pos + 3 : pos + 5], "little")
+            size = int.from_bytes(data[pos + 5 : pos + 7], "little")
+            if kind == 0x73 and flags & 0x80:  # archive headers encrypted
+                return True
+            if kind == 0x74 and flags & 0x04:  # file encrypted
+                return True
+            if size < 7:
+                return False
+            added = 0
+            if kind == 0x74 or flags & 0x8000:
+                added = int.from_bytes(data[pos + 7 : pos + 11], "little")
+            pos += size + added
+    except (ValueError, IndexError):
+        return False
+    return False
+
+
+def _encrypted(head: bytes, tail: bytes) -> bool:
+    """Password protection visible without extracting anything (head/tail of the file)."""
+    if head.startswith(b"PK"):
+        return _zip_flag_set(head, b"PK\x03\x04", 6) or _zip_flag_set(tail, b"PK\x01\x02", 8)
+    if head.startswith(b"%PDF") or b"%PDF-" in head[:1024]:
+        return b"/Encrypt" in head or (tail is not head and b"/Encrypt" in tail)
+    if head.startswith(_SEVENZIP_MAGIC):
+        return _SEVENZIP_AES in tail or (tail is not head and _SEVENZIP_AES in head)
+    if head.startswith(b"Rar!\x1a\x07"):
+        return _rar_encrypted(head)
+    if head.startswith(_OLE_MAGIC):
+        return _OLE_ENCRYPTED in head or (tail is not head and _OLE_ENCRYPTED in tail)
+    return False
+
+
+def _payload(part: MimePart, cte: str) -> tuple[int, bytes, bytes, bytes | None]:
+    """(decoded size, head bytes, tail bytes, all bytes or None when not decoded whole).
+
+    Big base64 payloads are not decoded whole: the size comes from the base64 length,
+    and only the head (magic numbers, zip local headers) and the tail (zip central
+    directory, PDF trailer, 7z header) are decoded.
+    """
+    raw = part.get_payload()
+    if cte == "base64" and isinstance(raw, str) and len(raw) > _FULL_DECODE_CHARS:
+        peek = _PEEK_BYTES * 4 // 3 + 4096
+        head = _b64decode(raw[:peek].encode("ascii", "ignore").translate(None, _B64_JUNK))
+        tail_chars = raw[-peek:].encode("ascii", "ignore").translate(None, _B64_JUNK_KEEP_PAD)
+        tail = _b64decode(tail_chars[len(tail_chars) % 4 :])
+        body = raw.rstrip()
+        padding = len(body) - len(body.rstrip("="))
+        chars = len(raw) - raw.count("\n") - raw.count("\r") - raw.count(" ")
+        size = max(0, (chars - padding) * 3 // 4 - padding % 3)
+        return size, head, tail, None
+    if cte == "base64" and isinstance(raw, str):
+        data = _b64decode(raw.encode("ascii", "ignore"))
+    else:
+        decoded = part.get_payload(decode=True)
+        data = decoded if isinstance(decoded, bytes) else b""
+    return len(data), data, data, data
+
+
+def _attachment(part: MimePart, info: _PartHeaders, defects: _Defects) -> Attachment:
+    filename, ctype = info.filename, info.ctype
+    size, head, tail, data = _payload(part, info.cte)
+    sniffed = _sniff(head)
+    encrypted = _encrypted(head, tail)
+    text = ""
+    if data is not None and 0 < size < ATTACHMENT_TEXT_MAX_SIZE and not sniffed:
+        if ctype.startswith("text/"):
+            text, problem = _decode_bytes(data, info.charset)
+            if problem:
+                defects.add(f"attachment {filename!r}: {problem}")
+            if ctype == "text/html":
+                text = _html_to_text(text, None, defects)
+        elif b"\x00" not in data:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""
+        text = _normalise_text(text)[:ATTACHMENT_TEXT_CHARS]
+    return Attachment(filename, ctype, sniffed, size, text, encrypted)
+
+
+class _PartHeaders:
+    """The MIME headers of one part, read in a single pass over its raw header list."""
+
+    __slots__ = ("charset", "cte", "ctype", "disposition", "filename")
+
+    def __init__(self, part: MimePart, known: dict[str, str] | None = None) -> None:
+        """``known``: the part's first headers when already collected (the top level)."""
+        content_type = disposition = cte = None
+        if known is not None:
+            content_type = known.get("content-type")
+            disposition = known.get("content-disposition")
+            cte = known.get("content-transfer-encoding")
+        else:
+            for name, value in part.raw_items():
+                key = name.lower()
+                if key == "content-type":
+                    if content_type is None:
+                        content_type = str(value)
+                elif key == "content-disposition":
+                    if disposition is None:
+                        disposition = str(value)
+                elif key == "content-transfer-encoding" and cte is None:
+                    cte = str(value)
+        # Same rules as email.message.Message.get_content_type().
+        ctype = content_type.split(";", 1)[0].strip().lower() if content_type else ""
+        if not ctype:
+            ctype = part.get_default_type()
+        elif ctype.count("/") != 1:
+            ctype = "text/plain"
+        self.ctype: str = ctype
+        self.cte: str = cte.strip().lower() if cte else ""
+        charset = _CHARSET_RE.search(content_type) if content_type else None
+        self.charset: str | None = charset.group(1).lower() if charset else None
+        self.disposition: str = disposition.split(";", 1)[0].strip().lower() if disposition else ""
+        self.filename = ""
+        if (disposition and "name" in disposition.lower()) or (
+            content_type and "name" in content_type.lower()
+        ):
+            self.filename = _part_filename(part)
+
+
+def _part_filename(part: MimePart) -> str:
+    """Decoded filename: RFC 2231 and RFC 2047, unicode (U+202E too) kept as sent."""
+    try:
+        name = part.get_filename()
+    except Exception:
+        name = None
+    if not name:
+        return ""
+    return _decode_words(_header_str(name)).strip()
+
+
+# --------------------------------------------------------------------------------------
+# The MIME walk.
+
+
+class _Body:
+    """Readable content of the message itself, or of one attached message/rfc822."""
+
+    __slots__ = ("filename", "html", "is_main", "parent", "plain", "size", "summary")
+
+    def __init__(self, parent: _Body | None = None) -> None:
+        self.plain: list[str] = []
+        self.html: list[str] = []
+        self.is_main = parent is None  # links are collected for the message itself only
+        self.parent = parent
+        self.size = 0
+        self.summary = ""
+        self.filename = ""
+
+    def add_size(self, size: int) -> None:
+        body: _Body | None = self
+        while body is not None:
+            body.size += size
+            body = body.parent
+
+
+def _nested_summary(inner: Any) -> str:
+    """The header lines a reader sees on top of an attached message."""
+    if not isinstance(inner, MimePart):
+        return ""
+    headers = _first_headers(inner)
+    lines = [
+        f"{label}: {_header_text(headers[key])}"
+        for key, label in (("from", "From"), ("date", "Date"), ("subject", "Subject"))
+        if key in headers
+    ]
+    return "\n".join(lines)
+
+
+def _body_part(
+    part: MimePart,
+    info: _PartHeaders,
+    body: _Body,
+    defects: _Defects,
+    html_links: list[Link],
+    text_links: list[Link],
+) -> None:
+    decoded = part.get_payload(decode=True)
+    data = decoded if isinstance(decoded, bytes) else b""
+    body.add_size(len(data))
+    if not data:
+        return
+    kind = "html" if info.ctype == "text/html" else "text"
+    if len(data) > _MAX_PART_BYTES:
+        defects.add(f"{kind} part: only the first {_MAX_PART_BYTES} bytes were read")
+        data = data[:_MAX_PART_BYTES]
+    text, problem = _decode_bytes(data, info.charset)
+    if problem:
+        defects.add(f"{kind} part: {problem}")
+    if any("Base64" in type(defect).__name__ for defect in part.defects):
+        defects.add(f"{kind} part: damaged base64 content, read as far as possible")
+    text = _normalise_text(text)
+    if kind == "html":
+        try:
+            links = html_links if body.is_main else None
+            body.html.append(_html_to_text(text, links, defects))
+        except Exception as exc:
+            defects.add(f"html part could not be decoded: {type(exc).__name__}: {exc}")
+    else:
+        body.plain.append(text)
+        if body.is_main:
+            _url_links(text[:MAX_TEXT_CHARS], text_links)
+
+
+def _walk(
+    root: MimePart,
+    root_headers: dict[str, str],
+    main: _Body,
+    entries: list[Attachment | _Body],
+    html_links: list[Link],
+    text_links: list[Link],
+    defects: _Defects,
+) -> None:
+    """One pre-order pass over the MIME tree, sorting parts into body text and attachments.
+
+    Attached messages (message/rfc822 with a filename or disposition "attachment")
+    become one attachment named after the part or "forwarded.eml", whose ``text`` is
+    the attached message's From/Date/Subject lines and its own text: that is quoted
+    material (forwarded mail, bounces carrying our own outgoing mail), not something
+    the sender wrote, so it stays out of ``text`` and ``links``; files inside it are
+    listed as attachments too. A message/rfc822 part shown *inline* (no disposition)
+    is displayed by mail clients as part of the body, so its text is folded into the
+    body like any other inline part.
+    """
+    stack: list[tuple[MimePart, _Body, bool]] = [(root, main, False)]
+    visited = 0
+    while stack:
+        part, body, forced = stack.pop()
+        visited += 1
+        if visited > MAX_PARTS:
+            defects.add(f"more than {MAX_PARTS} MIME parts; the rest was not read")
+            return
+        try:
+            info = _PartHeaders(part, root_headers if part is root else None)
+            ctype = info.ctype
+            if part.is_multipart():
+                children = part.get_payload()
+                if not isinstance(children, list):
+                    continue
+                if ctype.startswith("message/"):
+                    if ctype not in ("message/rfc822", "message/global"):
+                        continue  # delivery-status and the like: header blocks only
+                    if forced or info.filename or info.disposition == "attachment":
+                        if len(entries) >= MAX_ATTACHMENTS:
+                            defects.add(_TOO_MANY_ATTACHMENTS)
+                            continue
+                        nested = _Body(body)
+                        nested.filename = info.filename or "forwarded.eml"
+                        nested.summary = _nested_summary(children[0] if children else None)
+                        entries.append(nested)
+                        body, forced = nested, False
+                else:
+                    forced = forced or info.disposition == "attachment"
+                stack.extend((child, body, forced) for child in reversed(children))
+                continue
+
+            if (
+                not forced
+                and not info.filename
+                and info.disposition != "attachment"
+                and (ctype in ("text/plain", "text/html") or ctype.startswith("multipart/"))
+            ):
+                _body_part(part, info, body, defects, html_links, text_links)
+                continue
+            if len(entries) >= MAX_ATTACHMENTS:
+                defects.add(_TOO_MANY_ATTACHMENTS)
+                continue
+            attachment = _attachment(part, info, defects)
+            body.add_size(attachment.size)
+            entries.append(attachment)
+        except Exception as exc:
+            defects.add(f"MIME part could not be read: {type(exc).__name__}: {exc}")
+
+
+def _nested_attachment(body: _Body) -> Attachment:
+    text = "\n".join(body.plain) if any(t.strip() for t in body.plain) else "\n".join(body.html)
+    if body.summary:
+        text = f"{body.summary}\n\n{text}"
+    return Attachment(
+        body.filename,
+        "message/rfc822",
+        "message/rfc822",
+        body.size,
+        text[:ATTACHMENT_TEXT_CHARS],
+        False,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Entry point.
+
+
+def _as_bytes(raw: Any) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, (bytearray, memoryview)):
+        return bytes(raw)
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogateescape")
+    if raw is None:
+        return b""
+    return bytes(raw)
+
+
+def _headers_only(data: bytes, defects: _Defects) -> MimePart | None:
+    """Fallback when mail-parser failed (e.g. absurd nesting): headers, no body."""
+    try:
+        return BytesParser(policy=compat32).parsebytes(data, headersonly=True)
+    except Exception as exc:
+        defects.add(f"headers could not be parsed: {type(exc).__name__}: {exc}")
+        return None
+
+
+def parse_message(raw: bytes) -> Message:
+    """Parse raw RFC 5322 bytes into a :class:`Message`. Never raises.
+
+    Whatever could not be read is described in ``Message.defects`` (mail-parser's own
+    defects included) and everything else is still returned.
+    """
+    try:
+        return _parse(raw)
+    except Exception as exc:  # last resort: a bug here must not stop the mail flow
+        try:
+            size = len(raw)
+        except Exception:
+            size = 0
+        note = f"message could not be parsed: {type(exc).__name__}: {exc}"
+        return Message(size=size, defects=(" ".join(note.split())[:_DEFECT_CHARS],))
+
+
+def _parse(raw: bytes) -> Message:
+    data = _as_bytes(raw)
+    defects = _Defects()
+    mail: Any = None
+    root: MimePart | None
+    try:
+        mail = mailparser.parse_from_bytes(data)
+        root = mail.message
+    except Exception as exc:
+        defects.add(f"mail-parser failed: {type(exc).__name__}: {exc}")
+        mail = None
+        root = _headers_only(data, defects)
+    if root is None:
+        return Message(size=len(data), defects=tuple(defects.items))
+
+    if mail is not None:
+        try:
+            _mailparser_defects(mail, defects)
+        except Exception as exc:
+            defects.add(f"mail-parser defects unreadable: {type(exc).__name__}")
+    headers = _first_headers(root)
+    parsed: dict[str, Any] = mail.mail if mail is not None else {}
+    get = headers.get
+
+    from_ = _address_header(parsed.get("from"), get("from"), defects, "From")
+    sender = _parse_addresses(headers["sender"]) if "sender" in headers else ()
+
+    date = None
+    if "date" in headers:
+        date = _message_date(mail.date if mail is not None else None, headers["date"], defects)
+
+    references_raw = _header_str(get("references", ""))
+    references = tuple(_MSG_ID_RE.findall(references_raw)) or tuple(references_raw.split())
+
+    main = _Body()
+    entries: list[Attachment | _Body] = []
+    html_links: list[Link] = []
+    text_links: list[Link] = []
+    if mail is not None:
+        _walk(root, headers, main, entries, html_links, text_links, defects)
+        if (
+            not main.plain
+            and not main.html
+            and "StartBoundaryNotFoundDefect" in mail.defects_categories
+        ):  # mail-parser recovers the parts of a multipart whose boundary never came
+            main.plain = [_normalise_text(t) for t in mail.text_plain if isinstance(t, str)]
+            main.html = [
+                _html_to_text(t, html_links, defects) for t in mail.text_html if isinstance(t, str)
+            ]
+    else:
+        defects.add("body not read")
+
+    return Message(
+        from_=from_[0] if from_ else None,
+        reply_to=_address_header(parsed.get("reply-to"), get("reply-to"), defects, "Reply-To"),
+        return_path=_return_path(get("return-path")),
+        sender=sender[0] if sender else None,
+        to=_address_header(parsed.get("to"), get("to"), defects, "To"),
+        cc=_address_header(parsed.get("cc"), get("cc"), defects, "Cc"),
+        subject=_cap(_header_text(get("subject", "")), "subject", defects),
+        date=date,
+        message_id=_header_str(get("message-id", ""))[:MAX_TEXT_CHARS],
+        in_reply_to=_header_str(get("in-reply-to", ""))[:MAX_TEXT_CHARS],
+        references=references[:MAX_LINKS],
+        text=_cap("\n".join(main.plain), "text", defects),
+        html_text=_cap("\n".join(main.html), "html_text", defects),
+        links=tuple((html_links + text_links)[:MAX_LINKS]),
+        attachments=tuple(_nested_attachment(e) if isinstance(e, _Body) else e for e in entries),
+        auth=_auth_results(get("authentication-results")),
+        list_id=_header_str(get("list-id", ""))[:MAX_TEXT_CHARS],
+        auto_submitted=_header_str(get("auto-submitted", "")).lower()[:MAX_TEXT_CHARS],
+        precedence=_header_str(get("precedence", "")).lower()[:MAX_TEXT_CHARS],
+        list_unsubscribe=_header_str(get("list-unsubscribe", ""))[:MAX_TEXT_CHARS],
+        defects=tuple(defects.items),
+        size=len(data),
+    )

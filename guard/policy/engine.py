@@ -350,7 +350,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
                 trusted=str(raw.get("trusted", "keep")),
                 supporting=bool(raw.get("supporting", False)),
                 description=str(raw.get("description", "")),
-                explanation=str(raw.get("explanation", "")).strip(),
+                explanation=" ".join(str(raw.get("explanation", "")).split()),
             )
         )
     checks: dict[str, CheckSpec] = {}
@@ -364,7 +364,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
             category=raw.get("category", "phishing"),
             score=float(scores.get(cid, _number(raw, "score", where))),
             description=str(raw.get("description", "")),
-            explanation=str(raw.get("explanation", "")).strip(),
+            explanation=" ".join(str(raw.get("explanation", "")).split()),
             trusted=str(raw.get("trusted", "skip")),
             supporting=bool(raw.get("supporting", False)),
         )
