@@ -7,7 +7,7 @@ CORPUS ?= tests/fixtures/demo
 .PHONY: install test lint demo bench
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y --no-install-recommends python3-venv && $(PYTHON) -m venv $(VENV); }
 
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel

@@ -22,7 +22,13 @@ import re2
 from guard.message import Message
 from guard.policy.model import CATEGORIES, LEVELS, Finding, RulesError, Verdict
 from guard.policy.normalize import normalise, normalise_tracked
-from guard.policy.structural import Brand, Hit, StructuralData, is_trusted_platform_sender, run_checks
+from guard.policy.structural import (
+    Brand,
+    Hit,
+    StructuralData,
+    is_trusted_platform_sender,
+    run_checks,
+)
 
 FIELDS = ("subject", "body", "attachments", "links", "from", "filenames")
 DEFAULT_FIELDS = ("subject", "body", "attachments")
@@ -326,7 +332,8 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
                 for t in _str_list(raw, "unless_near", where)
             )
             requires = tuple(
-                atom(compiler.term(t), f"{where}.requires") for t in _str_list(raw, "requires", where)
+                atom(compiler.term(t), f"{where}.requires")
+                for t in _str_list(raw, "requires", where)
             )
         except RecursionError:
             raise RulesError(f"{where}: lexicon nesting too deep") from None
@@ -435,7 +442,9 @@ class _Field:
     def __init__(self, original: str, rules: RuleSet) -> None:
         self.original = original
         self.norm = normalise(original)
-        self.matched = frozenset(rules.atom_set.Match(self.norm) or ()) if self.norm else frozenset()
+        self.matched = (
+            frozenset(rules.atom_set.Match(self.norm) or ()) if self.norm else frozenset()
+        )
         self.spans: dict[int, list[tuple[int, int]]] = {}
         self._tracked: tuple[str, list[int]] | None = None
 
@@ -526,7 +535,8 @@ def _match_rule(rules: RuleSet, rule: TextRule, fld: _Field) -> tuple[int, int] 
 
 # A cancelling phrase that is itself negated ("not through Upwork") does not cancel.
 _NEGATED_BEFORE = re.compile(
-    r"(?:\bnot|n't|\bnever|instead of|rather than|\bwithout|\bno|\bskip|\bavoid|\bbypass|\bsem|\bsin|\bsans|\bohne|\bбез|\bмимо)"
+    r"(?:\bnot|n't|\bnever|instead of|rather than|\bwithout|\bno|\bskip|\bavoid|\bbypass"
+    r"|\bsem|\bsin|\bsans|\bohne|\bбез|\bмимо)"
     r"\W{1,3}(?:\w+\W{1,3})?$"
 )
 
@@ -566,7 +576,8 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
             continue
         if len(text) > MAX_SCAN_CHARS:
             notes.append(
-                f"{name}: only the first {MAX_SCAN_CHARS:,} of {len(text):,} characters were scanned"
+                f"{name}: only the first {MAX_SCAN_CHARS:,} of {len(text):,} characters "
+                "were scanned"
             )
             text = text[:MAX_SCAN_CHARS]
         fields[name] = _Field(text, rules)
@@ -653,10 +664,7 @@ def _verdict(rules: RuleSet, findings: list[Finding], notes: list[str]) -> Verdi
     quoting five warning examples is not five times as risky), and "supporting" findings
     count only next to a finding that is not.
     """
-    if all(f.supporting for f in findings):
-        counted = []
-    else:
-        counted = findings
+    counted = [] if all(f.supporting for f in findings) else findings
     per_category: dict[str, float] = {}
     dampened_max: dict[str, float] = {}
     for f in counted:

@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import re
 import unicodedata
-
-import re2
 from collections.abc import Callable
 
+import re2
+
 # Characters that carry no visible content and are used to split words invisibly.
-_INVISIBLE = (
-    [0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x20E3, 0xFEFF]
-    + list(range(0x200B, 0x2010))  # zero-width space/joiners, LRM, RLM
-    + list(range(0x202A, 0x202F))  # bidi embeddings and overrides
-    + list(range(0x2060, 0x2070))  # word joiner, invisible operators, bidi isolates
-    + list(range(0xFE00, 0xFE10))  # variation selectors (emoji presentation)
-)
+_INVISIBLE = [
+    0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x20E3, 0xFEFF,
+    *range(0x200B, 0x2010),  # zero-width space/joiners, LRM, RLM
+    *range(0x202A, 0x202F),  # bidi embeddings and overrides
+    *range(0x2060, 0x2070),  # word joiner, invisible operators, bidi isolates
+    *range(0xFE00, 0xFE10),  # variation selectors (emoji presentation)
+]  # fmt: skip
 
 # Cyrillic and Greek letters that look like Latin ones (lower case, after NFKC + lower()).
 _CONFUSABLE = {
@@ -65,9 +65,7 @@ _QUOTE_MARKS = re.compile(r"(?:(?<= )|^)[>|]+(?: |$)")
 _TOKEN = re.compile(r"\S+")
 
 # Four or more single letters/digits separated by the same kind of filler.
-_SPLIT_LETTERS = re.compile(
-    r"(?<![^\W_])(?:[^\W_][ .\-_*~|/\\]{1,3}){3,}[^\W_](?![^\W_])"
-)
+_SPLIT_LETTERS = re.compile(r"(?<![^\W_])(?:[^\W_][ .\-_*~|/\\]{1,3}){3,}[^\W_](?![^\W_])")
 _SPLIT_FILLER = re.compile(r"[\W_]+")
 
 _NUMBER_WORDS = {
@@ -91,7 +89,9 @@ _SPELLED_NUMBER = re.compile(
 _NUMBER_TOKEN = re.compile(rf"{_NUMBER_WORD_RE}|\d")
 
 _AT_WORD = r"(?:[\[({<]\s*(?:at|arroba|@)\s*[\])}>]|\s(?:at|arroba)\s|\s?@\s?)"
-_DOT_WORD = r"(?:[\[({<]\s*(?:dot|punto|ponto|point|точка)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s|\.)"
+_DOT_WORD = (
+    r"(?:[\[({<]\s*(?:dot|punto|ponto|point|точка)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s|\.)"
+)
 _TLD = r"(?:com|net|org|io|info|biz|dev|app|ru|de|fr|br|uk|ca|au|nl|pl|mx|ar|example)"
 _SPELLED_PART = re.compile(r"[\[({<]|\s(?:dot|punto|ponto|точка)\s")
 _SPELLED_EMAIL = re.compile(
@@ -152,9 +152,7 @@ def _fold_words(m: re.Match[str]) -> str:
 _NUMBER_HINT = re2.compile(
     rf"(?:(?:{_NUMBER_WORD_RE}|\d)[\s,.\-]{{1,3}}){{6,}}(?:{_NUMBER_WORD_RE}|\d)"
 )
-_EMAIL_HINT = re2.compile(
-    r"[\[({<]\s*(?:at|arroba|@)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s"
-)
+_EMAIL_HINT = re2.compile(r"[\[({<]\s*(?:at|arroba|@)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s")
 _SPLIT_HINT = re2.compile(r"(?:[^\W_][ .\-_*~|/\\]{1,3}){3}[^\W_]")
 
 Precheck = Callable[[str], bool] | None

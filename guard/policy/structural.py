@@ -162,9 +162,10 @@ def check_sender(data: StructuralData, msg: Message) -> Iterator[Hit]:
                 yield Hit("phishing.lookalike-domain", where, shown_host)
     official = brand_of_org(data, org)
     auth = msg.auth
-    if official is not None and (auth.dmarc == "fail" or auth.spf in ("fail", "softfail")):
-        if not (auth.dkim == "pass" and any(org_domain(d) == org for d in auth.dkim_domains)):
-            yield Hit("phishing.spoofed-brand", "from", shown)
+    failed = auth.dmarc == "fail" or auth.spf in ("fail", "softfail")
+    signed = auth.dkim == "pass" and any(org_domain(d) == org for d in auth.dkim_domains)
+    if official is not None and failed and not signed:
+        yield Hit("phishing.spoofed-brand", "from", shown)
 
 
 def check_auth(msg: Message) -> Iterator[Hit]:
