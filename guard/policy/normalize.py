@@ -227,6 +227,10 @@ def normalise_tracked(text: str) -> tuple[str, list[int]]:
     out: list[str] = []
     offsets: list[int] = []
     i, n = 0, len(text)
+    if text.isascii():  # lower() maps every ASCII character to exactly one character
+        out.append(text.lower())
+        offsets = list(range(n))
+        i = n
     while i < n:
         j = i + 1
         while j < n and unicodedata.combining(text[j]):
