@@ -164,6 +164,15 @@ class _Compiler:
                 out.append(rf"[{_W}_']" if nxt == "w" else "\\" + nxt)
                 i += 2
                 continue
+            if ch == "[":
+                end = term.find("]", i + 1)
+                if end < 0:
+                    raise RulesError(f"{self.origin}: unclosed '[' in term {term!r}")
+                if not out or term[i - 1] in " (|":
+                    out.append(r"\b")
+                out.append(term[i : end + 1])  # a character class, as in RE2
+                i = end + 1
+                continue
             if ch == " ":
                 out.append(_SEP)
             elif ch == "*":
