@@ -1,3 +1,3 @@
-"""inbox-guard: guards a freelancer's work mailbox against off-platform requests, scams and phishing."""
+"""inbox-guard: guards a freelancer's work mailbox against off-platform requests and scams."""
 
 __version__ = "0.1.0"
