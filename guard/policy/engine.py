@@ -271,6 +271,11 @@ def _str_list(doc: Mapping[str, Any], key: str, where: str) -> list[str]:
     return value
 
 
+def _prose(doc: Mapping[str, Any], key: str) -> str:
+    """A text from the rules file as one paragraph (TOML multi-line strings keep breaks)."""
+    return " ".join(str(doc.get(key, "")).split())
+
+
 def load_rules(extra: Iterable[Path | str] = ()) -> RuleSet:
     """Load the built-in rules plus user rule files (later files override earlier ones)."""
     builtin = resources.files("guard.policy").joinpath("rules.toml").read_text(encoding="utf-8")
@@ -366,7 +371,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
                 trusted=str(raw.get("trusted", "keep")),
                 supporting=bool(raw.get("supporting", False)),
                 description=str(raw.get("description", "")),
-                explanation=" ".join(str(raw.get("explanation", "")).split()),
+                explanation=_prose(raw, "explanation"),
             )
         )
     checks: dict[str, CheckSpec] = {}
@@ -380,7 +385,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
             category=raw.get("category", "phishing"),
             score=float(scores.get(cid, _number(raw, "score", where))),
             description=str(raw.get("description", "")),
-            explanation=" ".join(str(raw.get("explanation", "")).split()),
+            explanation=_prose(raw, "explanation"),
             trusted=str(raw.get("trusted", "skip")),
             supporting=bool(raw.get("supporting", False)),
         )
@@ -596,10 +601,10 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
     for fld in fields.values():
         for atom in fld.matched:
             candidates.update(rules.by_atom.get(atom, ()))
-    if not candidates:
-        return _verdict(rules, _structural_findings(rules, msg, False, fields), notes)
-    anywhere = frozenset().union(*(fields[f].matched for f in DEFAULT_FIELDS if f in fields))
     trusted = is_trusted_platform_sender(rules.structural, msg)
+    if not candidates:
+        return _verdict(rules, _structural_findings(rules, msg, trusted), notes)
+    anywhere = frozenset().union(*(fields[f].matched for f in DEFAULT_FIELDS if f in fields))
     bulk = msg.is_bulk
     findings: list[Finding] = []
     for index in sorted(candidates):
@@ -633,16 +638,11 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
                 )
             )
             break
-    findings.extend(_structural_findings(rules, msg, trusted, fields))
+    findings.extend(_structural_findings(rules, msg, trusted))
     return _verdict(rules, findings, notes)
 
 
-def _structural_findings(
-    rules: RuleSet, msg: Message, trusted: bool, fields: Mapping[str, _Field]
-) -> list[Finding]:
-    del fields  # structural checks read the message itself
-    if not trusted:
-        trusted = is_trusted_platform_sender(rules.structural, msg)
+def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Finding]:
     out: list[Finding] = []
     seen: set[str] = set()
     hits: list[Hit] = run_checks(rules.structural, msg)

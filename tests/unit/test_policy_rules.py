@@ -33,7 +33,6 @@ def attached(filename: str) -> Message:
 
 # Plain (non "re:") terms translate "[" and "]" literally, so character classes such as
 # "(1|one)[- ]star", "licen[cs]e" and "authori[sz]ed" in rules.toml never match.
-CHAR_CLASS = "rules.toml uses [..] character classes in plain terms; the compiler escapes them"
 
 # (rule id, message, a piece of the original text the evidence must show)
 POSITIVE = [
