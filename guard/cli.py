@@ -421,6 +421,308 @@ def eval_command(
         raise typer.Exit(2)
 
 
+# --------------------------------------------------------------------------- scan
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="Configuration file (default: $INBOX_GUARD_CONFIG, "
+        "$XDG_CONFIG_HOME/inbox-guard/config.toml, /etc/inbox-guard/config.toml).",
+    ),
+]
+
+
+def _load_config(path: Path | None) -> Any:
+    from guard.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def _open_store(config: Any) -> Any:
+    from guard.store import Store, StoreError
+
+    try:
+        return Store(config.store.url)
+    except StoreError as exc:
+        fail(str(exc), 1)
+
+
+def scan_settings(config: Any) -> Any:
+    """ScanSettings from a loaded Config (secrets are read lazily, at login)."""
+    from guard.imap import ServerSettings
+    from guard.scan import ScanSettings
+
+    imap = config.imap
+    password = oauth2 = None
+    if imap.uses_oauth2:
+        oauth2 = lambda: imap.oauth2_token().reveal()  # noqa: E731
+    else:
+        password = lambda: imap.password().reveal()  # noqa: E731
+    server = ServerSettings(
+        host=imap.host,
+        port=imap.port,
+        tls=imap.tls,
+        username=imap.username,
+        password=password,
+        oauth2_token=oauth2,
+        ca_file=str(imap.ca_file) if imap.ca_file else None,
+        timeout=float(imap.timeout),
+    )
+    return ScanSettings(
+        server=server,
+        folders=tuple(imap.folders) if imap.folders else None,
+        label_mode=config.labels.mode,
+        label_prefix=config.labels.prefix,
+        min_risk=config.policy.min_risk,
+        batch_size=imap.batch_size,
+        max_message_bytes=imap.max_message_bytes,
+    )
+
+
+def _quiet_libraries() -> None:
+    import logging
+
+    # mail-parser logs hostile header values at ERROR level; they are attacker text.
+    logging.getLogger("mailparser").setLevel(logging.CRITICAL)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("imapclient").setLevel(logging.WARNING)
+    _quiet_libraries()
+
+
+@app.command()
+def scan(
+    config_path: ConfigOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Fetch and judge, print what would be labelled, change nothing."
+        ),
+    ] = False,
+    folder: Annotated[
+        str | None, typer.Option("--folder", metavar="NAME", help="Scan only this folder.")
+    ] = None,
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", help="text or json (one summary object).")
+    ] = Format.text,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+) -> None:
+    """Run one poll cycle over the configured folders: fetch new mail, judge, label."""
+    from guard.scan import ScanError
+    from guard.scan import scan as run_scan
+
+    _setup_logging(verbose)
+    config = _load_config(config_path)
+    ruleset = _load_rules(list(config.policy.rules))
+    settings = scan_settings(config)
+    store = _open_store(config)
+    progress = None
+    bar = None
+    if fmt is Format.text and sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if total < 50:  # a progress bar is for the big first scan only
+                return
+            if name not in tasks:
+                tasks[name] = bar.add_task(clean(name), total=total)
+            bar.update(tasks[name], completed=done)
+
+        bar.start()
+    try:
+        summary = run_scan(
+            settings, store, ruleset, dry_run=dry_run, only_folder=folder, progress=progress
+        )
+    except ScanError as exc:
+        if bar is not None:
+            bar.stop()
+        fail(f"scan failed: {exc}", 1)
+    finally:
+        store.close()
+    if bar is not None:
+        bar.stop()
+    if fmt is Format.json:
+        sys.stdout.write(json_line(summary.to_dict()) + "\n")
+        return
+    _print_scan_summary(summary)
+
+
+def _print_scan_summary(summary: Any) -> None:
+    out = sys.stdout
+    for name, fs in summary.folders.items():
+        state = "unchanged" if fs.unchanged else f"{fs.new_messages} new, {fs.risky} risky"
+        if fs.uidvalidity_reset:
+            state += " (UIDVALIDITY changed: folder re-read)"
+        out.write(f"{clean(name)}: {state}\n")
+    verb = "would label" if summary.dry_run else "labelled"
+    out.write(
+        f"{summary.new_messages} new message(s), {summary.risky} risky, "
+        f"{summary.labelled} {verb} (labels: {summary.label_mode})\n"
+    )
+    for p in summary.planned:
+        labels = ", ".join(x.partition(":")[2] + f" ({x.partition(':')[0]})" for x in p.labels)
+        out.write(
+            f"  {clean(p.folder)} uid {p.uid} [{p.risk}] {clean(p.sender)}: "
+            f"{clean(p.subject)[:80]}\n    -> {clean(labels)}\n"
+        )
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def _parse_since(value: str | None) -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+)\s*([dhw])", value.strip())
+    if m:
+        n = int(m.group(1))
+        delta = {"d": timedelta(days=n), "h": timedelta(hours=n), "w": timedelta(weeks=n)}
+        return datetime.now(UTC).replace(tzinfo=None) - delta[m.group(2)]
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        fail(f"--since: expected a date like 2026-11-01, a time, or 7d / 12h (got {value!r})")
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+@app.command()
+def findings(
+    config_path: ConfigOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", metavar="DATE", help="Only threads active since DATE (or 7d, 12h)."
+        ),
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json (JSON Lines).")] = (
+        Format.text
+    ),
+    all_levels: Annotated[
+        bool, typer.Option("--all", help="Include threads below the labelling level.")
+    ] = False,
+) -> None:
+    """List the flagged threads the store holds, riskiest first."""
+    from guard import store as st
+    from guard.policy import LEVELS, level_at_least
+
+    config = _load_config(config_path)
+    since_dt = _parse_since(since)
+    minimum = "low" if all_levels else config.policy.min_risk
+    levels = [lvl for lvl in LEVELS[1:] if level_at_least(lvl, minimum)]
+    store = _open_store(config)
+    out = sys.stdout
+    try:
+        with store.session() as session:
+            threads = st.threads_since(session, None, since_dt, levels)
+            for thread in threads:
+                members = st.thread_messages(session, thread.account, thread.thread_id)
+                found = st.findings_for(session, [m.id for m in members if m.id is not None])
+                record = _thread_record(thread, members, found)
+                if fmt is Format.json:
+                    out.write(json_line(record) + "\n")
+                else:
+                    _print_thread(record)
+    except st.StoreError as exc:
+        fail(str(exc), 1)
+    finally:
+        store.close()
+    if fmt is Format.text:
+        out.write(f"{len(threads)} thread(s) flagged\n")
+
+
+def _thread_record(thread: Any, members: list[Any], found: dict[int, list[Any]]) -> dict[str, Any]:
+    return {
+        "account": thread.account,
+        "thread": thread.thread_id,
+        "risk": thread.risk,
+        "score": thread.score,
+        "categories": [c for c in thread.categories.split(",") if c],
+        "labels": [x for x in thread.labels.split("\n") if x],
+        "subject": thread.subject,
+        "first_date": _iso(thread.first_date),
+        "last_date": _iso(thread.last_date),
+        "messages": [
+            {
+                "folder": m.folder,
+                "uid": m.uid,
+                "uidvalidity": m.uidvalidity,
+                "message_id": m.message_id,
+                "date": _iso(m.date),
+                "direction": m.direction,
+                "from": m.sender,
+                "subject": m.subject,
+                "risk": m.risk,
+                "categories": m.category_list,
+                "labels": sorted(m.label_set),
+                "notes": [n for n in m.notes.split("\n") if n],
+                "findings": [
+                    {
+                        "rule": f.rule,
+                        "category": f.category,
+                        "score": f.score,
+                        "where": f.where,
+                        "evidence": f.evidence,
+                        "explanation": f.explanation,
+                    }
+                    for f in found.get(m.id or 0, [])
+                ],
+            }
+            for m in members
+        ],
+    }
+
+
+def _print_thread(record: dict[str, Any]) -> None:
+    out = sys.stdout
+    cats = ", ".join(record["categories"]) or "-"
+    out.write(
+        f"[{record['risk'].upper()}] {clean(record['subject'])[:90]}\n"
+        f"  thread {record['thread']}  categories: {cats}\n"
+    )
+    for m in record["messages"]:
+        arrow = "to" if m["direction"] == "out" else "from"
+        out.write(
+            f"  {m['date'] or '(no date)'}  {arrow} {clean(m['from'])}  "
+            f"[{m['risk']}] {clean(m['folder'])}#{m['uid']}\n"
+        )
+        for f in m["findings"]:
+            evidence = clean(f["evidence"])[:160]
+            out.write(f"    - {f['rule']} ({f['category']}, {f['score']:g}): {evidence}\n")
+    out.write("\n")
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -598,8 +598,8 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
     # Rules that can fire at all: every group atom occurs in one field (one set lookup per
     # matched atom, so harmless mail with few matches costs almost nothing).
     candidates: set[int] = set()
-    for fld in fields.values():
-        for atom in fld.matched:
+    for seen in fields.values():
+        for atom in seen.matched:
             candidates.update(rules.by_atom.get(atom, ()))
     trusted = is_trusted_platform_sender(rules.structural, msg)
     if not candidates:

@@ -1,0 +1,407 @@
+"""Talking to the IMAP server: connection, folder sync primitives and label writers.
+
+Everything here keeps the mailbox as the user left it: messages are fetched with
+``BODY.PEEK[]`` (``\\Seen`` is never set), nothing is deleted, expunged or moved. Labels are
+only ever added (keywords, Gmail labels, or a copy into a label folder).
+
+Errors are raised as :class:`ImapError` with a one-line reason a user can act on
+(DNS, refused, TLS, login, timeout, folder missing, connection lost). No password or token
+is ever part of a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import imapclient
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+log = logging.getLogger(__name__)
+
+
+class ImapError(Exception):
+    """A failure talking to the server. ``kind`` is one of: dns, refused, tls, login,
+    timeout, folder, protocol, network."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    tls: str  # "implicit" | "starttls" | "none"
+    username: str
+    password: Callable[[], str] | None = None
+    oauth2_token: Callable[[], str] | None = None
+    ca_file: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int | None
+    highest_modseq: int | None
+    messages: int | None
+
+
+@dataclass(frozen=True)
+class Selected:
+    folder: str
+    uidvalidity: int
+    uidnext: int | None
+    highest_modseq: int | None
+    exists: int
+    permanent_flags: frozenset[str]
+    readonly: bool
+
+    @property
+    def keywords_allowed(self) -> bool:
+        return "\\*" in self.permanent_flags
+
+
+@dataclass(frozen=True)
+class Fetched:
+    uid: int
+    raw: bytes
+    size: int  # RFC822.SIZE: the full size, even when only a prefix was fetched
+    internal_date: datetime | None
+    flags: frozenset[str]
+    gm_thrid: int | None
+    truncated: bool
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line[:limit]
+
+
+def describe(exc: BaseException, settings: ServerSettings) -> ImapError:
+    """Turn a socket/TLS/IMAP exception into an ImapError with a clear reason."""
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, ImapError):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        return ImapError("dns", f"cannot resolve IMAP host {settings.host!r}: {exc.strerror}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ImapError("refused", f"IMAP connection to {where} refused")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.verify_message or exc.reason or "certificate not trusted"
+        return ImapError(
+            "tls",
+            f"TLS certificate of {where} rejected: {reason} (set imap.ca_file for a private CA)",
+        )
+    if isinstance(exc, ssl.SSLError):
+        return ImapError("tls", f"TLS with {where} failed: {exc.reason or exc}")
+    if isinstance(exc, LoginError):
+        said = _one_line(_text(exc.args[0]) if exc.args else "")
+        return ImapError("login", f"login as {settings.username!r} refused by {where}: {said}")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ImapError(
+            "timeout", f"IMAP server {where} did not answer within {settings.timeout:g} s"
+        )
+    if isinstance(exc, IMAPClient.AbortError | ConnectionError | EOFError):
+        return ImapError(
+            "network", f"connection to {where} lost: {_one_line(str(exc)) or 'closed'}"
+        )
+    if isinstance(exc, IMAPClientError):
+        return ImapError("protocol", f"IMAP server {where} said: {_one_line(str(exc))}")
+    if isinstance(exc, OSError):
+        return ImapError("network", f"network error with {where}: {exc.strerror or exc}")
+    return ImapError("protocol", f"unexpected IMAP failure with {where}: {type(exc).__name__}")
+
+
+class Connection:
+    """One logged-in IMAP session. Use as a context manager."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.client: IMAPClient | None = None
+        self.capabilities: frozenset[str] = frozenset()
+        self.delimiter = "/"
+        self.selected: Selected | None = None
+        self.commands = 0  # rough count of commands sent, for summaries and benchmarks
+        self.fetch_commands = 0
+
+    # -- connecting ----------------------------------------------------------------
+
+    def _context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.settings.ca_file or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    def open(self) -> Connection:
+        s = self.settings
+        try:
+            client = IMAPClient(
+                s.host,
+                port=s.port,
+                ssl=s.tls == "implicit",
+                ssl_context=self._context() if s.tls == "implicit" else None,
+                timeout=s.timeout,
+            )
+            self.client = client
+            with contextlib.suppress(OSError):
+                client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if s.tls == "starttls":
+                if not client.has_capability("STARTTLS"):
+                    raise ImapError("tls", f"{s.host}:{s.port} does not offer STARTTLS")
+                client.starttls(self._context())
+            self._login(client)
+            self.capabilities = frozenset(_text(c).upper() for c in client.capabilities())
+            self.commands += 3
+            if "ENABLE" in self.capabilities and "CONDSTORE" in self.capabilities:
+                client.enable("CONDSTORE")
+                self.commands += 1
+            self.delimiter = self._find_delimiter()
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise describe(exc, s) from None
+        return self
+
+    def _login(self, client: IMAPClient) -> None:
+        s = self.settings
+        if s.oauth2_token is not None:
+            token = s.oauth2_token()
+            try:
+                client.oauth2_login(s.username, token)
+            except IMAPClientError as exc:
+                # The server's XOAUTH2 error is base64 JSON; it never contains the token.
+                raise LoginError(f"XOAUTH2 token refused ({_one_line(str(exc), 120)})") from None
+            return
+        if s.password is None:
+            raise ImapError("login", "no IMAP password or OAuth2 token configured")
+        client.login(s.username, s.password())
+
+    def _find_delimiter(self) -> str:
+        assert self.client is not None
+        try:
+            listed = self.client.list_folders("", "INBOX")
+            self.commands += 1
+            for _flags, delim, _name in listed:
+                if delim:
+                    return _text(delim)
+        except IMAPClientError:
+            pass
+        return "/"
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+
+    def __enter__(self) -> Connection:
+        return self.open() if self.client is None else self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- calls ---------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.client is None:
+            raise ImapError("network", f"not connected to {self.settings.host}")
+        self.commands += 1
+        try:
+            return fn(*args, **kwargs)
+        except ImapError:
+            raise
+        except (IMAPClientError, OSError, EOFError) as exc:
+            err = describe(exc, self.settings)
+            if err.kind == "protocol":
+                err = ImapError("protocol", f"{what}: {err}")
+            raise err from None
+
+    @property
+    def is_gmail(self) -> bool:
+        return "X-GM-EXT-1" in self.capabilities
+
+    @property
+    def has_condstore(self) -> bool:
+        return "CONDSTORE" in self.capabilities
+
+    def special_folder(self, flag: bytes) -> str | None:
+        assert self.client is not None
+        found = self._call("LIST", self.client.find_special_folder, flag)
+        return str(found) if found else None
+
+    def folder_exists(self, folder: str) -> bool:
+        assert self.client is not None
+        return bool(self._call("LIST", self.client.folder_exists, folder))
+
+    def status(self, folder: str) -> FolderStatus:
+        assert self.client is not None
+        what = [b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES"]
+        if self.has_condstore:
+            what.append(b"HIGHESTMODSEQ")
+        try:
+            info = self._call(f"STATUS {folder}", self.client.folder_status, folder, what)
+        except ImapError as exc:
+            if exc.kind == "protocol" and not self.folder_exists(folder):
+                raise ImapError(
+                    "folder", f"folder {folder!r} does not exist on the server"
+                ) from None
+            raise
+        return FolderStatus(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=_int(info.get(b"UIDNEXT")),
+            highest_modseq=_int(info.get(b"HIGHESTMODSEQ")),
+            messages=_int(info.get(b"MESSAGES")),
+        )
+
+    def select(self, folder: str, readonly: bool) -> Selected:
+        assert self.client is not None
+        try:
+            info = self._call(
+                f"SELECT {folder}", self.client.select_folder, folder, readonly=readonly
+            )
+        except ImapError as exc:
+            if exc.kind == "protocol":
+                raise ImapError("folder", f"folder {folder!r} cannot be opened: {exc}") from None
+            raise
+        perm = info.get(b"PERMANENTFLAGS") or ()
+        self.selected = Selected(
+            folder=folder,
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=_int(info.get(b"UIDNEXT")),
+            highest_modseq=_int(info.get(b"HIGHESTMODSEQ")),
+            exists=int(info.get(b"EXISTS", 0)),
+            permanent_flags=frozenset(_text(f) for f in perm),
+            readonly=readonly,
+        )
+        return self.selected
+
+    def uids_after(self, last_uid: int) -> list[int]:
+        """UIDs above ``last_uid`` in the selected folder (``N:*`` also matches the
+        highest UID when it is below N, so the result is filtered)."""
+        assert self.client is not None
+        found = self._call("UID SEARCH", self.client.search, ["UID", f"{last_uid + 1}:*"])
+        return sorted(int(u) for u in found if int(u) > last_uid)
+
+    def fetch(self, uids: Sequence[int], max_bytes: int) -> Iterator[Fetched]:
+        """Fetch whole messages (only the first ``max_bytes`` of bigger ones)."""
+        assert self.client is not None
+        if not uids:
+            return
+        extra = [b"X-GM-THRID"] if self.is_gmail else []
+        meta = self._call(
+            "UID FETCH",
+            self.client.fetch,
+            list(uids),
+            [b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS", *extra],
+        )
+        small = [u for u in uids if u in meta and int(meta[u].get(b"RFC822.SIZE", 0)) <= max_bytes]
+        big = [u for u in uids if u in meta and u not in set(small)]
+        bodies: dict[int, bytes] = {}
+        if small:
+            self.fetch_commands += 1
+            got = self._call("UID FETCH", self.client.fetch, small, [b"BODY.PEEK[]"])
+            for uid, item in got.items():
+                bodies[int(uid)] = item.get(b"BODY[]") or b""
+        if big:
+            self.fetch_commands += 1
+            got = self._call(
+                "UID FETCH", self.client.fetch, big, [f"BODY.PEEK[]<0.{max_bytes}>".encode()]
+            )
+            for uid, item in got.items():
+                data = next((v for k, v in item.items() if k.startswith(b"BODY[]")), b"")
+                bodies[int(uid)] = data or b""
+        big_set = set(big)
+        for uid in uids:
+            item = meta.get(uid)
+            if item is None or uid not in bodies:
+                continue  # expunged meanwhile: it will simply not be there next time either
+            internal = item.get(b"INTERNALDATE")
+            thrid = item.get(b"X-GM-THRID")
+            yield Fetched(
+                uid=uid,
+                raw=bodies[uid],
+                size=int(item.get(b"RFC822.SIZE", len(bodies[uid]))),
+                internal_date=internal if isinstance(internal, datetime) else None,
+                flags=frozenset(_text(f) for f in item.get(b"FLAGS", ())),
+                gm_thrid=int(thrid) if thrid is not None else None,
+                truncated=uid in big_set,
+            )
+
+    # -- writing labels (add only) ------------------------------------------------
+
+    def add_keywords(self, uids: Sequence[int], keywords: Sequence[str]) -> None:
+        assert self.client is not None
+        self._call(
+            "UID STORE",
+            self.client.add_flags,
+            list(uids),
+            [k.encode() for k in keywords],
+            silent=True,
+        )
+
+    def add_gmail_labels(self, uids: Sequence[int], labels: Sequence[str]) -> None:
+        assert self.client is not None
+        self._call(
+            "UID STORE X-GM-LABELS",
+            self.client.add_gmail_labels,
+            list(uids),
+            list(labels),
+            silent=True,
+        )
+
+    def ensure_folder(self, folder: str) -> None:
+        assert self.client is not None
+        if self.folder_exists(folder):
+            return
+        try:
+            self._call(f"CREATE {folder}", self.client.create_folder, folder)
+        except ImapError:
+            if not self.folder_exists(folder):  # created by someone else meanwhile is fine
+                raise
+        with contextlib.suppress(ImapError):
+            self._call(f"SUBSCRIBE {folder}", self.client.subscribe_folder, folder)
+
+    def copy(self, uids: Sequence[int], folder: str) -> None:
+        assert self.client is not None
+        self._call(f"UID COPY to {folder}", self.client.copy, list(uids), folder)
+
+    def find_by_message_id(self, folder: str, message_id: str) -> bool:
+        """Whether ``folder`` already holds a message with this Message-ID (EXAMINEs it;
+        the caller re-selects its own folder afterwards)."""
+        assert self.client is not None
+        self.select(folder, readonly=True)
+        found = self._call("UID SEARCH", self.client.search, ["HEADER", "Message-ID", message_id])
+        return bool(found)
+
+
+def _int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+SENT = imapclient.SENT
+DRAFTS = imapclient.DRAFTS

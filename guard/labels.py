@@ -1,0 +1,99 @@
+"""The label vocabulary: what a thread of a given risk and categories is labelled with.
+
+One logical label (``Label``) has three spellings, one per backend:
+- a Gmail label / label-folder path: ``Guard/Off-platform payment`` (the folder uses the
+  server's hierarchy delimiter instead of ``/``);
+- an IMAP keyword: ``$GuardOffPlatformPayment``, except phishing, which uses the registered
+  ``$Phishing`` keyword (RFC 9051 / IANA IMAP keyword registry) so that clients which
+  already understand it show their own warning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from guard.policy.model import CATEGORIES, LEVELS, level_at_least
+
+CATEGORY_TITLES: dict[str, str] = {
+    "off_platform_payment": "Off-platform payment",
+    "off_platform_contact": "Off-platform contact",
+    "contact_request": "Contact request",
+    "personal_data": "Personal data",
+    "scam": "Scam",
+    "phishing": "Phishing",
+    "dispute": "Dispute",
+}
+LEVEL_TITLES: dict[str, str] = {"low": "Low risk", "medium": "Medium risk", "high": "High risk"}
+MODES = ("gmail", "keywords", "folders", "keywords+folders")
+
+_KEYWORD_SAFE = re.compile(r"[^A-Za-z0-9]")
+
+
+@dataclass(frozen=True, order=True)
+class Label:
+    """A logical label: ``name`` is a category id or ``level:<risk>``."""
+
+    name: str
+    title: str
+
+    def path(self, prefix: str, delimiter: str = "/") -> str:
+        return f"{prefix}{delimiter}{self.title}"
+
+    def keyword(self, prefix: str) -> str:
+        if self.name == "phishing":
+            return "$Phishing"
+        camel = "".join(w[:1].upper() + w[1:] for w in re.split(r"[\s_-]+", self.title) if w)
+        return "$" + _KEYWORD_SAFE.sub("", prefix) + _KEYWORD_SAFE.sub("", camel)
+
+
+def category_label(category: str) -> Label:
+    return Label(category, CATEGORY_TITLES[category])
+
+
+def level_label(risk: str) -> Label:
+    return Label(f"level:{risk}", LEVEL_TITLES[risk])
+
+
+ALL_LABELS: tuple[Label, ...] = tuple(
+    [category_label(c) for c in CATEGORIES] + [level_label(r) for r in LEVELS[1:]]
+)
+
+
+def thread_labels(
+    messages: Iterable[tuple[str, Iterable[str]]], min_risk: str
+) -> tuple[str, frozenset[Label]]:
+    """The risk of a thread and the labels every message in it gets.
+
+    ``messages`` gives (risk, categories) per message. A thread is as risky as its
+    riskiest message; only messages at or above ``min_risk`` contribute categories, so a
+    low-scoring aside in an otherwise flagged thread does not add a misleading label.
+    """
+    risk = "none"
+    cats: set[str] = set()
+    for msg_risk, msg_cats in messages:
+        if LEVELS.index(msg_risk) > LEVELS.index(risk):
+            risk = msg_risk
+        if msg_risk != "none" and level_at_least(msg_risk, min_risk):
+            cats.update(c for c in msg_cats if c in CATEGORY_TITLES)
+    if risk == "none" or not level_at_least(risk, min_risk):
+        return risk, frozenset()
+    return risk, frozenset({level_label(risk), *(category_label(c) for c in cats)})
+
+
+def spell(label: Label, mode: str, prefix: str, delimiter: str = "/") -> list[str]:
+    """The strings written for ``label`` in a backend mode, tagged by kind.
+
+    Returns entries like ``"gmail:Guard/Scam"``, ``"keyword:$GuardScam"``,
+    ``"folder:Guard/Scam"``: the store keeps these, so a label already written in one
+    form is never written again and a mode change writes only the new form.
+    """
+    out: list[str] = []
+    if mode == "gmail":
+        out.append("gmail:" + label.path(prefix, "/"))
+    if mode in ("keywords", "keywords+folders"):
+        out.append("keyword:" + label.keyword(prefix))
+    if mode in ("folders", "keywords+folders"):
+        out.append("folder:" + label.path(prefix, delimiter))
+    return out

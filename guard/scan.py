@@ -1,0 +1,645 @@
+"""One poll cycle: IMAP → Message → policy → store → labels.
+
+Order, for crash safety (a scan killed anywhere and run again labels every message once
+and skips none):
+1. a batch of new messages is fetched (``BODY.PEEK[]``), parsed and judged;
+2. messages, findings and thread risk are committed in one transaction;
+3. the labels the batch's threads now want are written to the server, then recorded;
+4. only then does the folder's sync state (UIDVALIDITY, last UID) advance.
+Every step is idempotent: a message already recorded at its (folder, UIDVALIDITY, UID) is
+not recorded twice, keywords and Gmail labels are sets, and copies into label folders are
+written ahead in the store and looked for by Message-ID before being made again.
+
+With ``dry_run`` the same path runs against a read-only (EXAMINE) folder and a store
+transaction that is rolled back: nothing changes anywhere, and the labels that would have
+been written are returned in the summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session
+
+from guard import labels as labelling
+from guard import store as st
+from guard import threads
+from guard.imap import SENT, Connection, Fetched, ImapError, Selected, ServerSettings
+from guard.message import Message, parse_message
+from guard.policy import LEVELS, RuleSet, Verdict, evaluate, level_at_least
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # folder, done, total
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    server: ServerSettings
+    folders: tuple[str, ...] | None = None  # None: INBOX and the special-use \Sent folder
+    label_mode: str = "auto"  # auto | gmail | keywords | folders
+    label_prefix: str = "Guard"
+    min_risk: str = "medium"
+    batch_size: int = 200
+    max_message_bytes: int = 25 * 1024 * 1024
+    account: str = "default"
+
+
+@dataclass
+class FolderSummary:
+    fetched: int = 0
+    new_messages: int = 0
+    risky: int = 0
+    uidvalidity: int | None = None
+    uidvalidity_reset: bool = False
+    unchanged: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fetched": self.fetched,
+            "new_messages": self.new_messages,
+            "risky": self.risky,
+            "uidvalidity": self.uidvalidity,
+            "uidvalidity_reset": self.uidvalidity_reset,
+            "unchanged": self.unchanged,
+        }
+
+
+@dataclass(frozen=True)
+class PlannedLabel:
+    folder: str
+    uid: int
+    subject: str
+    sender: str
+    risk: str
+    labels: tuple[str, ...]  # spellings, e.g. "keyword:$GuardScam", "folder:Guard/Scam"
+
+
+@dataclass
+class ScanSummary:
+    account: str
+    dry_run: bool
+    label_mode: str = ""
+    folders: dict[str, FolderSummary] = field(default_factory=dict)
+    labelled: int = 0
+    planned: list[PlannedLabel] = field(default_factory=list)
+    commands: int = 0
+    fetch_commands: int = 0
+
+    @property
+    def fetched(self) -> int:
+        return sum(f.fetched for f in self.folders.values())
+
+    @property
+    def new_messages(self) -> int:
+        return sum(f.new_messages for f in self.folders.values())
+
+    @property
+    def risky(self) -> int:
+        return sum(f.risky for f in self.folders.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "folders": {name: f.to_dict() for name, f in self.folders.items()},
+            "fetched": self.fetched,
+            "new_messages": self.new_messages,
+            "risky": self.risky,
+            "labelled": self.labelled,
+            "label_mode": self.label_mode,
+            "dry_run": self.dry_run,
+            "fetch_commands": self.fetch_commands,
+        }
+        if self.dry_run:
+            out["would_label"] = [
+                {
+                    "folder": p.folder,
+                    "uid": p.uid,
+                    "subject": p.subject,
+                    "from": p.sender,
+                    "risk": p.risk,
+                    "labels": list(p.labels),
+                }
+                for p in self.planned
+            ]
+        return out
+
+
+class ScanError(Exception):
+    """The scan could not complete; the message says why in one line."""
+
+    def __init__(self, message: str, summary: ScanSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def content_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _addresses(msg: Message) -> str:
+    return ",".join(a.addr for a in (*msg.to, *msg.cc) if a.addr)[:4000]
+
+
+class _Scanner:
+    def __init__(
+        self,
+        settings: ScanSettings,
+        store: st.Store,
+        rules: RuleSet,
+        conn: Connection,
+        dry_run: bool,
+        progress: Progress | None,
+    ) -> None:
+        self.s = settings
+        self.store = store
+        self.rules = rules
+        self.conn = conn
+        self.dry_run = dry_run
+        self.progress = progress
+        self.summary = ScanSummary(account=settings.account, dry_run=dry_run)
+        self.mode: str | None = None
+        self.sent_folder: str | None = None
+        self._dry_session: Session | None = None
+        self.written: dict[int, set[str]] = defaultdict(set)  # message pk -> spellings
+
+    # -- store units of work -------------------------------------------------------
+
+    @contextmanager
+    def unit(self) -> Iterator[Session]:
+        """A committed unit of work, or in a dry run a flush inside one open transaction
+        that is rolled back at the end."""
+        if not self.dry_run:
+            with self.store.session() as session:
+                yield session
+            return
+        if self._dry_session is None:
+            self._dry_session = Session(self.store.engine, expire_on_commit=False)
+        yield self._dry_session
+        self._dry_session.flush()
+
+    def discard(self) -> None:
+        if self._dry_session is not None:
+            self._dry_session.rollback()
+            self._dry_session.close()
+            self._dry_session = None
+
+    # -- folders -------------------------------------------------------------------
+
+    def folders(self) -> list[str]:
+        self.sent_folder = self.conn.special_folder(SENT)
+        if self.s.folders:
+            wanted = list(self.s.folders)
+        else:
+            wanted = ["INBOX"] + ([self.sent_folder] if self.sent_folder else [])
+        prefix = self.s.label_prefix + self.conn.delimiter
+        # Never scan our own label folders: they hold copies of messages already judged.
+        return [
+            f
+            for f in dict.fromkeys(wanted)
+            if not f.startswith(prefix) and f != self.s.label_prefix
+        ]
+
+    def resolve_mode(self, selected: Selected | None) -> str:
+        if self.mode is not None:
+            return self.mode
+        configured = self.s.label_mode
+        if configured == "gmail" or (configured == "auto" and self.conn.is_gmail):
+            self.mode = "gmail"
+        elif configured == "folders":
+            self.mode = "folders"
+        else:
+            if selected is None:
+                selected = self.conn.select("INBOX", readonly=True)
+            if configured == "keywords":
+                if not selected.keywords_allowed:
+                    log.warning(
+                        "labels.mode is keywords but the server does not allow keywords "
+                        "(no \\* in PERMANENTFLAGS); using label folders instead"
+                    )
+                self.mode = "keywords" if selected.keywords_allowed else "folders"
+            else:
+                self.mode = "keywords+folders" if selected.keywords_allowed else "folders"
+        self.summary.label_mode = self.mode
+        return self.mode
+
+    def scan_folder(self, folder: str) -> None:
+        fs = self.summary.folders.setdefault(folder, FolderSummary())
+        status = self.conn.status(folder)
+        with self.unit() as session:
+            state = st.get_folder_state(session, self.s.account, folder)
+            pending = bool(st.pending_labels(session, self.s.account, folder))
+            known_uidvalidity = state.uidvalidity if state else None
+            last_uid = state.last_uid if state else 0
+        fs.uidvalidity = status.uidvalidity
+        reset = known_uidvalidity is not None and known_uidvalidity != status.uidvalidity
+        if reset:
+            last_uid = 0
+        nothing_new = (
+            not reset
+            and known_uidvalidity is not None
+            and status.uidnext is not None
+            and status.uidnext <= last_uid + 1
+        )
+        if nothing_new and not pending:
+            fs.unchanged = True
+            return
+        selected = self.conn.select(folder, readonly=self.dry_run)
+        if selected.uidvalidity != status.uidvalidity:  # changed between STATUS and SELECT
+            reset = known_uidvalidity is not None and known_uidvalidity != selected.uidvalidity
+            last_uid = 0 if reset else last_uid
+        fs.uidvalidity = selected.uidvalidity
+        if reset:
+            fs.uidvalidity_reset = True
+            log.warning(
+                "%s: UIDVALIDITY changed (%s -> %s): re-reading the folder; messages already "
+                "recorded are matched by content and not counted twice",
+                folder,
+                known_uidvalidity,
+                selected.uidvalidity,
+            )
+        self.resolve_mode(selected)
+        if pending:
+            self.write_labels(folder, selected)
+        uids = [] if nothing_new else self.conn.uids_after(last_uid)
+        total = len(uids)
+        done = 0
+        if self.progress and total:
+            self.progress(folder, 0, total)
+        for start in range(0, total, self.s.batch_size):
+            batch = uids[start : start + self.s.batch_size]
+            self.scan_batch(folder, selected, batch, fs)
+            self.write_labels(folder, selected)
+            with self.unit() as session:
+                st.save_folder_state(
+                    session,
+                    self.s.account,
+                    folder,
+                    uidvalidity=selected.uidvalidity,
+                    last_uid=max(batch),
+                    highest_modseq=selected.highest_modseq,
+                    uidnext=selected.uidnext,
+                )
+            done += len(batch)
+            if self.progress:
+                self.progress(folder, done, total)
+        if not uids or reset:
+            with self.unit() as session:
+                st.save_folder_state(
+                    session,
+                    self.s.account,
+                    folder,
+                    uidvalidity=selected.uidvalidity,
+                    last_uid=max([last_uid, *uids]),
+                    highest_modseq=selected.highest_modseq,
+                    uidnext=selected.uidnext,
+                )
+
+    # -- one batch -----------------------------------------------------------------
+
+    def judge(self, fetched: Fetched) -> tuple[Message, Verdict, list[str]]:
+        msg = parse_message(fetched.raw)
+        notes = list(msg.defects)
+        if fetched.truncated:
+            notes.append(
+                f"message is {fetched.size} bytes; only the first {len(fetched.raw)} were "
+                "fetched and checked (imap.max_message_bytes)"
+            )
+        verdict = evaluate(self.rules, msg)
+        notes.extend(verdict.notes)
+        return msg, verdict, notes
+
+    def scan_batch(
+        self, folder: str, selected: Selected, uids: Sequence[int], fs: FolderSummary
+    ) -> None:
+        judged = []
+        for fetched in self.conn.fetch(uids, self.s.max_message_bytes):
+            fs.fetched += 1
+            judged.append((fetched, *self.judge(fetched)))
+        self.summary.commands = self.conn.commands
+        direction = "out" if folder == self.sent_folder else "in"
+        account = self.s.account
+        with self.unit() as session:
+            touched: set[str] = set()
+            for fetched, msg, verdict, notes in judged:
+                row, new = self.record(
+                    session, folder, selected.uidvalidity, fetched, msg, verdict, notes, direction
+                )
+                touched.add(row.thread_id)
+                if new:
+                    fs.new_messages += 1
+                    if verdict.risk != "none" and level_at_least(verdict.risk, self.s.min_risk):
+                        fs.risky += 1
+            session.flush()
+            for thread_id in sorted(touched):
+                self.update_thread(session, account, thread_id)
+
+    def record(
+        self,
+        session: Session,
+        folder: str,
+        uidvalidity: int,
+        fetched: Fetched,
+        msg: Message,
+        verdict: Verdict,
+        notes: list[str],
+        direction: str,
+    ) -> tuple[st.StoredMessage, bool]:
+        account = self.s.account
+        existing = st.message_at(session, account, folder, uidvalidity, fetched.uid)
+        if existing is not None:  # recorded by a scan that stopped before its state advanced
+            return existing, False
+        digest = content_hash(fetched.raw)
+        stale = st.stale_copy(session, account, folder, digest, uidvalidity)
+        if stale is not None:
+            # Same message, new UIDVALIDITY: move the record, keep its findings. Keywords and
+            # Gmail labels belong to the old copy and are written again; label-folder
+            # copies are separate messages and stay recorded.
+            stale.uidvalidity = uidvalidity
+            stale.uid = fetched.uid
+            stale.labels = "\n".join(x for x in stale.label_set if x.startswith("folder:"))
+            stale.label_pending = True
+            session.add(stale)
+            return stale, False
+        thread_id = threads.assign(session, account, msg, digest, fetched.gm_thrid)
+        sender = msg.from_
+        row = st.StoredMessage(
+            account=account,
+            folder=folder,
+            uidvalidity=uidvalidity,
+            uid=fetched.uid,
+            direction=direction,
+            message_id=msg.message_id or None,
+            content_hash=digest,
+            thread_id=thread_id,
+            date=st.as_utc_naive(msg.date),
+            internal_date=st.as_utc_naive(fetched.internal_date),
+            sender=sender.addr if sender else "",
+            sender_name=sender.name if sender else "",
+            recipients=_addresses(msg),
+            subject=msg.subject,
+            in_reply_to=msg.in_reply_to or None,
+            references=" ".join(msg.references) or None,
+            size=fetched.size,
+            risk=verdict.risk,
+            score=verdict.score,
+            categories=",".join(verdict.categories),
+            notes="\n".join(notes),
+        )
+        session.add(row)
+        session.flush()
+        assert row.id is not None
+        st.add_findings(session, row.id, verdict.findings)
+        return row, True
+
+    def update_thread(self, session: Session, account: str, thread_id: str) -> None:
+        members = st.thread_messages(session, account, thread_id)
+        risk, wanted = labelling.thread_labels(
+            ((m.risk, m.category_list) for m in members), self.s.min_risk
+        )
+        names = "\n".join(sorted(label.name for label in wanted))
+        thread = st.get_thread(session, account, thread_id)
+        if thread is None:
+            thread = st.Thread(account=account, thread_id=thread_id)
+        cats = sorted({c for m in members for c in m.category_list})
+        dates = [m.date for m in members if m.date is not None]
+        thread.risk = risk
+        thread.score = max((m.score for m in members), default=0.0)
+        thread.categories = ",".join(cats)
+        thread.subject = members[0].subject if members else ""
+        thread.first_date = min(dates) if dates else None
+        thread.last_date = max(dates) if dates else None
+        thread.updated_at = st.utcnow()
+        if wanted:
+            spelled = self.spellings(wanted)
+            for m in members:
+                if not spelled <= m.label_set:
+                    m.label_pending = True
+                    session.add(m)
+        thread.labels = names
+        session.add(thread)
+
+    # -- labels --------------------------------------------------------------------
+
+    def spellings(self, wanted: frozenset[labelling.Label] | set[labelling.Label]) -> set[str]:
+        mode = self.resolve_mode(None)
+        out: set[str] = set()
+        for label in wanted:
+            out.update(labelling.spell(label, mode, self.s.label_prefix, self.conn.delimiter))
+        return out
+
+    def wanted_for(self, session: Session, row: st.StoredMessage) -> set[str]:
+        thread = st.get_thread(session, row.account, row.thread_id)
+        if thread is None or not thread.labels:
+            return set()
+        by_name = {label.name: label for label in labelling.ALL_LABELS}
+        wanted = {by_name[n] for n in thread.labels.split("\n") if n in by_name}
+        return self.spellings(wanted)
+
+    def write_labels(self, folder: str, selected: Selected) -> None:
+        """Write every label the store says messages of ``folder`` still lack."""
+        account = self.s.account
+        with self.unit() as session:
+            rows = [
+                r
+                for r in st.pending_labels(session, account, folder)
+                if r.uidvalidity == selected.uidvalidity
+            ]
+            todo: dict[str, list[st.StoredMessage]] = defaultdict(list)
+            for row in rows:
+                missing = self.wanted_for(session, row) - row.label_set
+                if not missing:
+                    row.label_pending = False
+                    session.add(row)
+                    continue
+                for spelling in sorted(missing):
+                    todo[spelling].append(row)
+            copies = st.label_copies(session, [r.id for r in rows if r.id is not None])
+        if not todo:
+            return
+        if self.dry_run:
+            self.plan(folder, todo)
+        else:
+            self.apply(folder, todo, rows, copies)
+        now = st.utcnow()
+        with self.unit() as session:
+            for pk, spellings in self.written.items():
+                stored = session.get(st.StoredMessage, pk)
+                if stored is None:
+                    continue
+                if not stored.label_set:
+                    self.summary.labelled += 1
+                stored.labels = "\n".join(sorted(stored.label_set | spellings))
+                stored.labelled_at = now
+                stored.label_pending = not self.wanted_for(session, stored) <= stored.label_set
+                session.add(stored)
+        log.info("%s: labelled %d message(s)", folder, len(self.written))
+        self.written = defaultdict(set)
+
+    def apply(
+        self,
+        folder: str,
+        todo: dict[str, list[st.StoredMessage]],
+        rows: list[st.StoredMessage],
+        copies: dict[tuple[int, str], bool],
+    ) -> None:
+        # Copies left half-done by an interrupted scan: look before copying again.
+        unsure = {(pk, target) for (pk, target), done in copies.items() if not done}
+        if unsure:
+            self.settle_unsure_copies(folder, unsure)
+            self.conn.select(folder, readonly=False)
+            with self.unit() as session:
+                copies = st.label_copies(session, [r.id for r in rows if r.id is not None])
+        for spelling, members in sorted(todo.items()):
+            kind, _, value = spelling.partition(":")
+            uids = sorted({m.uid for m in members})
+            if kind == "keyword":
+                self.conn.add_keywords(uids, [value])
+            elif kind == "gmail":
+                self.conn.add_gmail_labels(uids, [value])
+            elif kind == "folder":
+                need = [m for m in members if not copies.get((m.id or 0, value), False)]
+                if need:
+                    self.conn.ensure_folder(value)
+                    with self.unit() as session:
+                        for m in need:
+                            if (m.id or 0, value) not in copies:
+                                session.add(st.LabelCopy(message_pk=m.id or 0, folder=value))
+                    self.conn.copy(sorted({m.uid for m in need}), value)
+                    with self.unit() as session:
+                        for m in need:
+                            copy = session.get(st.LabelCopy, (m.id or 0, value))
+                            if copy is not None:
+                                copy.done = True
+                                session.add(copy)
+            for m in members:
+                self.written[m.id or 0].add(spelling)
+
+    def settle_unsure_copies(self, folder: str, unsure: set[tuple[int, str]]) -> None:
+        with self.unit() as session:
+            for pk, target in sorted(unsure):
+                row = session.get(st.StoredMessage, pk)
+                copy = session.get(st.LabelCopy, (pk, target))
+                if row is None or copy is None:
+                    continue
+                exists = False
+                if row.message_id and self.conn.folder_exists(target):
+                    exists = self.conn.find_by_message_id(target, row.message_id)
+                if exists:
+                    copy.done = True
+                    session.add(copy)
+                else:
+                    session.delete(copy)
+
+    def plan(self, folder: str, todo: dict[str, list[st.StoredMessage]]) -> None:
+        per_row: dict[int, tuple[st.StoredMessage, list[str]]] = {}
+        for spelling, members in todo.items():
+            for m in members:
+                per_row.setdefault(m.id or 0, (m, []))[1].append(spelling)
+        for m, spellings in per_row.values():
+            self.summary.planned.append(
+                PlannedLabel(
+                    folder=folder,
+                    uid=m.uid,
+                    subject=m.subject,
+                    sender=m.sender,
+                    risk=m.risk,
+                    labels=tuple(sorted(spellings)),
+                )
+            )
+            self.written[m.id or 0].update(spellings)
+
+    def finish_other_folders(self, scanned: Sequence[str]) -> None:
+        """Labels owed to messages in folders other than the one being scanned (a reply in
+        INBOX made a thread risky whose earlier messages sit in Sent, say)."""
+        with self.unit() as session:
+            folders = sorted({r.folder for r in st.pending_labels(session, self.s.account)})
+        for folder in folders:
+            try:
+                status = self.conn.status(folder)
+            except ImapError as exc:
+                if exc.kind == "folder":
+                    log.warning("%s: folder is gone; its pending labels are skipped", folder)
+                    continue
+                raise
+            with self.unit() as session:
+                state = st.get_folder_state(session, self.s.account, folder)
+            if state is not None and state.uidvalidity != status.uidvalidity:
+                continue  # the folder's next scan re-matches these messages first
+            selected = self.conn.select(folder, readonly=self.dry_run)
+            self.resolve_mode(selected)
+            self.write_labels(folder, selected)
+        del scanned
+
+
+def scan(
+    settings: ScanSettings,
+    store: st.Store,
+    rules: RuleSet,
+    *,
+    dry_run: bool = False,
+    only_folder: str | None = None,
+    progress: Progress | None = None,
+) -> ScanSummary:
+    """Run one poll cycle. Raises ScanError (with the partial summary) on failure."""
+    if settings.min_risk not in LEVELS[1:]:
+        raise ValueError(f"min_risk must be one of low, medium, high (got {settings.min_risk!r})")
+    run_id: int | None = None
+    if not dry_run:
+        with store.session() as session:
+            run = st.ScanRun(account=settings.account)
+            session.add(run)
+            session.flush()
+            run_id = run.id
+    conn = Connection(settings.server)
+    scanner: _Scanner | None = None
+    error: str | None = None
+    try:
+        conn.open()
+        scanner = _Scanner(settings, store, rules, conn, dry_run, progress)
+        folders = [only_folder] if only_folder else scanner.folders()
+        for folder in folders:
+            scanner.scan_folder(folder)
+        scanner.finish_other_folders(folders)
+        if not scanner.summary.label_mode:
+            scanner.resolve_mode(None)
+        scanner.summary.commands = conn.commands
+        scanner.summary.fetch_commands = conn.fetch_commands
+        return scanner.summary
+    except ImapError as exc:
+        error = str(exc)
+        raise ScanError(error, scanner.summary if scanner else None) from None
+    except st.StoreError as exc:
+        error = str(exc)
+        raise ScanError(error, scanner.summary if scanner else None) from None
+    finally:
+        if scanner is not None:
+            scanner.discard()
+        conn.close()
+        if run_id is not None:
+            _finish_run(store, run_id, scanner.summary if scanner else None, error)
+
+
+def _finish_run(
+    store: st.Store, run_id: int, summary: ScanSummary | None, error: str | None
+) -> None:
+    try:
+        with store.session() as session:
+            run = session.get(st.ScanRun, run_id)
+            if run is None:
+                return
+            run.finished_at = st.utcnow()
+            if summary is not None:
+                run.fetched = summary.fetched
+                run.new_messages = summary.new_messages
+                run.risky = summary.risky
+                run.labelled = summary.labelled
+            run.error = error
+            session.add(run)
+    except st.StoreError as exc:  # the scan's own outcome matters more than its log row
+        log.error("could not record the scan run: %s", exc)

@@ -1,0 +1,518 @@
+"""The SQLite (or PostgreSQL) store: tables and the queries the rest of the guard needs.
+
+What lives here is data, not decisions: ``scan`` decides what to record and label,
+``threads`` decides which thread a message belongs to. Times are stored as naive UTC.
+
+Schema versions are kept in ``schema_version``. A new database is created at the current
+version; an older one is brought forward by the functions in ``MIGRATIONS`` (one per
+version step, each run in its own transaction). A database written by a newer inbox-guard
+is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message says why in one line."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def as_utc_naive(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class SchemaVersion(SQLModel, table=True):
+    __tablename__ = "schema_version"
+
+    version: int = Field(primary_key=True)
+    applied_at: datetime = Field(default_factory=utcnow)
+
+
+class FolderState(SQLModel, table=True):
+    """Where the last scan of one folder stopped."""
+
+    __tablename__ = "folder_state"
+
+    account: str = Field(primary_key=True, max_length=200)
+    folder: str = Field(primary_key=True, max_length=500)
+    uidvalidity: int
+    last_uid: int = 0
+    highest_modseq: int | None = None
+    uidnext: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class StoredMessage(SQLModel, table=True):
+    """One message copy in one folder, with the verdict the guard gave it."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        sa.UniqueConstraint("account", "folder", "uidvalidity", "uid", name="uq_message_location"),
+        sa.Index("ix_message_account_hash", "account", "folder", "content_hash"),
+        sa.Index("ix_message_thread", "account", "thread_id"),
+        sa.Index("ix_message_msgid", "account", "message_id"),
+        sa.Index("ix_message_seen", "first_seen_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(max_length=200)
+    folder: str = Field(max_length=500)
+    uidvalidity: int = Field(sa_type=sa.BigInteger)
+    uid: int = Field(sa_type=sa.BigInteger)
+    direction: str = Field(default="in", max_length=3)  # "in", or "out" for the Sent folder
+    message_id: str | None = Field(default=None, max_length=998)
+    content_hash: str = Field(max_length=64)
+    thread_id: str = Field(max_length=120)
+    date: datetime | None = None
+    internal_date: datetime | None = None
+    sender: str = Field(default="", max_length=998)
+    sender_name: str = Field(default="", max_length=998)
+    recipients: str = Field(default="", sa_type=sa.Text)  # comma-separated addresses
+    subject: str = Field(default="", sa_type=sa.Text)
+    in_reply_to: str | None = Field(default=None, sa_type=sa.Text)
+    references: str | None = Field(default=None, sa_type=sa.Text)
+    size: int = 0
+    risk: str = Field(default="none", max_length=6)
+    score: float = 0.0
+    categories: str = Field(default="", max_length=500)  # comma-separated
+    notes: str = Field(default="", sa_type=sa.Text)  # what was skipped or unreadable
+    labels: str = Field(default="", sa_type=sa.Text)  # label spellings written, "\n"-separated
+    label_pending: bool = Field(default=False, index=True)  # the thread wants more labels
+    labelled_at: datetime | None = None
+    first_seen_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def category_list(self) -> list[str]:
+        return [c for c in self.categories.split(",") if c]
+
+    @property
+    def label_set(self) -> set[str]:
+        return {x for x in self.labels.split("\n") if x}
+
+
+class StoredFinding(SQLModel, table=True):
+    __tablename__ = "finding"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_pk: int = Field(foreign_key="message.id", index=True, ondelete="CASCADE")
+    rule: str = Field(max_length=200)
+    category: str = Field(max_length=40)
+    score: float
+    where: str = Field(max_length=40)
+    evidence: str = Field(sa_type=sa.Text)
+    explanation: str = Field(sa_type=sa.Text)
+    dampened: bool = False
+    supporting: bool = False
+
+
+class ThreadRef(SQLModel, table=True):
+    """Maps every Message-ID a thread contains or refers to (and subject keys) to it."""
+
+    __tablename__ = "thread_ref"
+
+    account: str = Field(primary_key=True, max_length=200)
+    ref: str = Field(primary_key=True, max_length=998)
+    thread_id: str = Field(max_length=120, index=True)
+
+
+class Thread(SQLModel, table=True):
+    __tablename__ = "thread"
+
+    account: str = Field(primary_key=True, max_length=200)
+    thread_id: str = Field(primary_key=True, max_length=120)
+    risk: str = Field(default="none", max_length=6)
+    score: float = 0.0
+    categories: str = Field(default="", max_length=500)
+    labels: str = Field(default="", sa_type=sa.Text)  # logical labels wanted, "\n"-separated
+    subject: str = Field(default="", sa_type=sa.Text)
+    first_date: datetime | None = None
+    last_date: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class LabelCopy(SQLModel, table=True):
+    """A copy of a message into a label folder: written before the COPY, done after it.
+
+    A row that is not ``done`` after a crash means the copy may or may not exist; the
+    label writer looks for it by Message-ID before copying again.
+    """
+
+    __tablename__ = "label_copy"
+
+    message_pk: int = Field(primary_key=True, foreign_key="message.id", ondelete="CASCADE")
+    folder: str = Field(primary_key=True, max_length=500)
+    done: bool = False
+
+
+class ScanRun(SQLModel, table=True):
+    __tablename__ = "scan_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(max_length=200)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    dry_run: bool = False
+    fetched: int = 0
+    new_messages: int = 0
+    risky: int = 0
+    labelled: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+# --------------------------------------------------------------------------- migrations
+
+# MIGRATIONS[n] brings a database from version n to n + 1.
+Migration = Callable[[Connection], None]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def _current_version(conn: Connection) -> int | None:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return None
+    value = conn.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar()
+    return int(value) if value is not None else None
+
+
+def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> int:
+    """Create or upgrade the schema; returns the version the database is at."""
+    with engine.begin() as conn:
+        version = _current_version(conn)
+        if version is None:
+            tables = sa.inspect(conn).get_table_names()
+            if tables:
+                raise StoreError(
+                    "the database has tables but no schema_version: not an inbox-guard store"
+                )
+            SQLModel.metadata.create_all(conn)
+            conn.execute(
+                sa.insert(SchemaVersion.__table__).values(version=target, applied_at=utcnow())  # type: ignore[attr-defined]
+            )
+            return target
+    if version > target:
+        raise StoreError(
+            f"the database is at schema version {version}, newer than this inbox-guard "
+            f"understands ({target}); upgrade inbox-guard"
+        )
+    while version < target:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise StoreError(f"no migration from schema version {version}")
+        with engine.begin() as conn:
+            step(conn)
+            conn.execute(
+                sa.insert(SchemaVersion.__table__).values(  # type: ignore[attr-defined]
+                    version=version + 1, applied_at=utcnow()
+                )
+            )
+        version += 1
+    return version
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL, or None (memory, other databases)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the directory (0700) and the file (0600) before SQLite does, so no one
+    else can ever read the findings; tighten an existing file that is too open."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA busy_timeout = 10000")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a database error, without SQL or parameters (they can hold mail text)."""
+    if isinstance(exc, SQLAlchemyError) and getattr(exc, "orig", None) is not None:
+        text = str(exc.orig)  # type: ignore[attr-defined]
+    else:
+        text = str(exc)
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return line[:300]
+
+
+class Store:
+    """An open store. ``session()`` gives a unit of work that commits on success."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = sqlite_path(url)
+        try:
+            if path is not None:
+                _prepare_sqlite_file(path)
+            self.engine = sa.create_engine(url)
+            if self.engine.dialect.name == "sqlite":
+                sa.event.listen(self.engine, "connect", _on_sqlite_connect)
+            self.version = migrate(self.engine)
+        except StoreError:
+            raise
+        except (OSError, SQLAlchemyError) as exc:
+            where = str(path) if path is not None else _safe_url(url)
+            raise StoreError(f"cannot open the store {where}: {describe_error(exc)}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        session = Session(self.engine, expire_on_commit=False)
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            raise StoreError(f"database error: {describe_error(exc)}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+
+def _safe_url(url: str) -> str:
+    """A database URL with its password hidden."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable database URL)"
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def get_folder_state(session: Session, account: str, folder: str) -> FolderState | None:
+    return session.get(FolderState, (account, folder))
+
+
+def save_folder_state(
+    session: Session,
+    account: str,
+    folder: str,
+    *,
+    uidvalidity: int,
+    last_uid: int,
+    highest_modseq: int | None,
+    uidnext: int | None,
+) -> None:
+    state = session.get(FolderState, (account, folder))
+    if state is None:
+        state = FolderState(account=account, folder=folder, uidvalidity=uidvalidity)
+    state.uidvalidity = uidvalidity
+    state.last_uid = last_uid
+    state.highest_modseq = highest_modseq
+    state.uidnext = uidnext
+    state.updated_at = utcnow()
+    session.add(state)
+
+
+def message_at(
+    session: Session, account: str, folder: str, uidvalidity: int, uid: int
+) -> StoredMessage | None:
+    stmt = select(StoredMessage).where(
+        StoredMessage.account == account,
+        StoredMessage.folder == folder,
+        StoredMessage.uidvalidity == uidvalidity,
+        StoredMessage.uid == uid,
+    )
+    return session.exec(stmt).first()
+
+
+def stale_copy(
+    session: Session, account: str, folder: str, content_hash: str, uidvalidity: int
+) -> StoredMessage | None:
+    """A row for the same bytes in the same folder recorded under an older UIDVALIDITY."""
+    stmt = (
+        select(StoredMessage)
+        .where(
+            StoredMessage.account == account,
+            StoredMessage.folder == folder,
+            StoredMessage.content_hash == content_hash,
+            StoredMessage.uidvalidity != uidvalidity,
+        )
+        .order_by(col(StoredMessage.id))
+    )
+    return session.exec(stmt).first()
+
+
+def add_findings(session: Session, message_pk: int, findings: Iterable[Any]) -> None:
+    for f in findings:
+        session.add(
+            StoredFinding(
+                message_pk=message_pk,
+                rule=f.rule,
+                category=f.category,
+                score=f.score,
+                where=f.where,
+                evidence=f.evidence,
+                explanation=f.explanation,
+                dampened=f.dampened,
+                supporting=f.supporting,
+            )
+        )
+
+
+def threads_for_refs(session: Session, account: str, refs: Sequence[str]) -> list[str]:
+    if not refs:
+        return []
+    stmt = select(ThreadRef.thread_id).where(
+        ThreadRef.account == account, col(ThreadRef.ref).in_(list(refs))
+    )
+    return sorted(set(session.exec(stmt).all()))
+
+
+def add_refs(session: Session, account: str, refs: Iterable[str], thread_id: str) -> None:
+    for ref in set(refs):
+        row = session.get(ThreadRef, (account, ref))
+        if row is None:
+            session.add(ThreadRef(account=account, ref=ref, thread_id=thread_id))
+        elif row.thread_id != thread_id:
+            row.thread_id = thread_id
+            session.add(row)
+
+
+def merge_threads(session: Session, account: str, into: str, others: Sequence[str]) -> None:
+    """Fold ``others`` into ``into``: messages, refs and the thread rows."""
+    if not others:
+        return
+    others = list(others)
+    session.execute(
+        sa.update(StoredMessage)
+        .where(col(StoredMessage.account) == account, col(StoredMessage.thread_id).in_(others))
+        .values(thread_id=into)
+    )
+    session.execute(
+        sa.update(ThreadRef)
+        .where(col(ThreadRef.account) == account, col(ThreadRef.thread_id).in_(others))
+        .values(thread_id=into)
+    )
+    session.execute(
+        sa.delete(Thread).where(col(Thread.account) == account, col(Thread.thread_id).in_(others))
+    )
+
+
+def thread_messages(session: Session, account: str, thread_id: str) -> list[StoredMessage]:
+    stmt = (
+        select(StoredMessage)
+        .where(StoredMessage.account == account, StoredMessage.thread_id == thread_id)
+        .order_by(col(StoredMessage.date), col(StoredMessage.id))
+    )
+    return list(session.exec(stmt).all())
+
+
+def findings_for(session: Session, message_pks: Sequence[int]) -> dict[int, list[StoredFinding]]:
+    out: dict[int, list[StoredFinding]] = {pk: [] for pk in message_pks}
+    if not message_pks:
+        return out
+    stmt = (
+        select(StoredFinding)
+        .where(col(StoredFinding.message_pk).in_(list(message_pks)))
+        .order_by(col(StoredFinding.id))
+    )
+    for f in session.exec(stmt):
+        out[f.message_pk].append(f)
+    return out
+
+
+def pending_labels(
+    session: Session, account: str, folder: str | None = None
+) -> list[StoredMessage]:
+    stmt = select(StoredMessage).where(
+        StoredMessage.account == account, col(StoredMessage.label_pending).is_(True)
+    )
+    if folder is not None:
+        stmt = stmt.where(StoredMessage.folder == folder)
+    return list(session.exec(stmt.order_by(col(StoredMessage.folder), col(StoredMessage.uid))))
+
+
+def get_thread(session: Session, account: str, thread_id: str) -> Thread | None:
+    return session.get(Thread, (account, thread_id))
+
+
+def label_copies(session: Session, message_pks: Sequence[int]) -> dict[tuple[int, str], bool]:
+    if not message_pks:
+        return {}
+    stmt = select(LabelCopy).where(col(LabelCopy.message_pk).in_(list(message_pks)))
+    return {(c.message_pk, c.folder): c.done for c in session.exec(stmt)}
+
+
+def threads_since(
+    session: Session, account: str | None, since: datetime | None, min_risk_levels: Sequence[str]
+) -> list[Thread]:
+    stmt = select(Thread).where(col(Thread.risk).in_(list(min_risk_levels)))
+    if account is not None:
+        stmt = stmt.where(Thread.account == account)
+    if since is not None:
+        stmt = stmt.where(
+            sa.or_(
+                col(Thread.last_date) >= since,
+                sa.and_(col(Thread.last_date).is_(None), col(Thread.updated_at) >= since),
+            )
+        )
+    rank = sa.case({"high": 3, "medium": 2, "low": 1}, value=col(Thread.risk), else_=0)
+    stmt = stmt.order_by(rank.desc(), col(Thread.score).desc(), col(Thread.updated_at).desc())
+    return list(session.exec(stmt).all())
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    messages: int
+    risky_threads: int
+    findings: int
+
+
+def counts(session: Session) -> StoreCounts:
+    n_msg = session.exec(select(sa.func.count()).select_from(StoredMessage)).one()
+    n_thr = session.exec(
+        select(sa.func.count()).select_from(Thread).where(col(Thread.risk) != "none")
+    ).one()
+    n_find = session.exec(select(sa.func.count()).select_from(StoredFinding)).one()
+    return StoreCounts(int(n_msg), int(n_thr), int(n_find))
