@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import imapclient
+import imapclient.imapclient
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
@@ -403,5 +403,5 @@ def _int(value: Any) -> int | None:
         return None
 
 
-SENT = imapclient.SENT
-DRAFTS = imapclient.DRAFTS
+SENT = imapclient.imapclient.SENT
+DRAFTS = imapclient.imapclient.DRAFTS

@@ -138,6 +138,14 @@ class ScanError(Exception):
         self.summary = summary
 
 
+def _mode_fits(known: str, configured: str) -> bool:
+    if configured == "auto":
+        return known in ("keywords+folders", "folders", "gmail")
+    if configured == "keywords":
+        return known in ("keywords", "folders")
+    return known == configured
+
+
 def content_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
@@ -214,17 +222,31 @@ class _Scanner:
         elif configured == "folders":
             self.mode = "folders"
         else:
-            if selected is None:
-                selected = self.conn.select("INBOX", readonly=True)
+            if selected is None or (selected.readonly and not selected.permanent_flags):
+                # EXAMINE shows no PERMANENTFLAGS: use what the last real scan found, else
+                # look at INBOX (read-only in a dry run, where keywords are then assumed).
+                with self.unit() as session:
+                    state = st.get_folder_state(session, self.s.account, "INBOX")
+                known = state.label_mode if state is not None else None
+                if known and _mode_fits(known, configured):
+                    self.mode = known
+                    self.summary.label_mode = known
+                    return known
+                if selected is None:
+                    selected = self.conn.select("INBOX", readonly=self.dry_run)
+            if selected.readonly and not selected.permanent_flags:
+                allowed = True
+            else:
+                allowed = selected.keywords_allowed
             if configured == "keywords":
-                if not selected.keywords_allowed:
+                if not allowed:
                     log.warning(
                         "labels.mode is keywords but the server does not allow keywords "
                         "(no \\* in PERMANENTFLAGS); using label folders instead"
                     )
-                self.mode = "keywords" if selected.keywords_allowed else "folders"
+                self.mode = "keywords" if allowed else "folders"
             else:
-                self.mode = "keywords+folders" if selected.keywords_allowed else "folders"
+                self.mode = "keywords+folders" if allowed else "folders"
         self.summary.label_mode = self.mode
         return self.mode
 
@@ -284,6 +306,7 @@ class _Scanner:
                     last_uid=max(batch),
                     highest_modseq=selected.highest_modseq,
                     uidnext=selected.uidnext,
+                    label_mode=self.mode,
                 )
             done += len(batch)
             if self.progress:
@@ -298,6 +321,7 @@ class _Scanner:
                     last_uid=max([last_uid, *uids]),
                     highest_modseq=selected.highest_modseq,
                     uidnext=selected.uidnext,
+                    label_mode=self.mode,
                 )
 
     # -- one batch -----------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import NaiveDatetime
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -51,7 +52,7 @@ class SchemaVersion(SQLModel, table=True):
     __tablename__ = "schema_version"
 
     version: int = Field(primary_key=True)
-    applied_at: datetime = Field(default_factory=utcnow)
+    applied_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class FolderState(SQLModel, table=True):
@@ -65,7 +66,8 @@ class FolderState(SQLModel, table=True):
     last_uid: int = 0
     highest_modseq: int | None = None
     uidnext: int | None = None
-    updated_at: datetime = Field(default_factory=utcnow)
+    label_mode: str | None = Field(default=None, max_length=20)  # as resolved at last scan
+    updated_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class StoredMessage(SQLModel, table=True):
@@ -89,8 +91,8 @@ class StoredMessage(SQLModel, table=True):
     message_id: str | None = Field(default=None, max_length=998)
     content_hash: str = Field(max_length=64)
     thread_id: str = Field(max_length=120)
-    date: datetime | None = None
-    internal_date: datetime | None = None
+    date: NaiveDatetime | None = None
+    internal_date: NaiveDatetime | None = None
     sender: str = Field(default="", max_length=998)
     sender_name: str = Field(default="", max_length=998)
     recipients: str = Field(default="", sa_type=sa.Text)  # comma-separated addresses
@@ -104,8 +106,8 @@ class StoredMessage(SQLModel, table=True):
     notes: str = Field(default="", sa_type=sa.Text)  # what was skipped or unreadable
     labels: str = Field(default="", sa_type=sa.Text)  # label spellings written, "\n"-separated
     label_pending: bool = Field(default=False, index=True)  # the thread wants more labels
-    labelled_at: datetime | None = None
-    first_seen_at: datetime = Field(default_factory=utcnow)
+    labelled_at: NaiveDatetime | None = None
+    first_seen_at: NaiveDatetime = Field(default_factory=utcnow)
 
     @property
     def category_list(self) -> list[str]:
@@ -151,9 +153,9 @@ class Thread(SQLModel, table=True):
     categories: str = Field(default="", max_length=500)
     labels: str = Field(default="", sa_type=sa.Text)  # logical labels wanted, "\n"-separated
     subject: str = Field(default="", sa_type=sa.Text)
-    first_date: datetime | None = None
-    last_date: datetime | None = None
-    updated_at: datetime = Field(default_factory=utcnow, index=True)
+    first_date: NaiveDatetime | None = None
+    last_date: NaiveDatetime | None = None
+    updated_at: NaiveDatetime = Field(default_factory=utcnow, index=True)
 
 
 class LabelCopy(SQLModel, table=True):
@@ -175,8 +177,8 @@ class ScanRun(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     account: str = Field(max_length=200)
-    started_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    started_at: NaiveDatetime = Field(default_factory=utcnow)
+    finished_at: NaiveDatetime | None = None
     dry_run: bool = False
     fetched: int = 0
     new_messages: int = 0
@@ -342,6 +344,7 @@ def save_folder_state(
     last_uid: int,
     highest_modseq: int | None,
     uidnext: int | None,
+    label_mode: str | None = None,
 ) -> None:
     state = session.get(FolderState, (account, folder))
     if state is None:
@@ -350,6 +353,8 @@ def save_folder_state(
     state.last_uid = last_uid
     state.highest_modseq = highest_modseq
     state.uidnext = uidnext
+    if label_mode:
+        state.label_mode = label_mode
     state.updated_at = utcnow()
     session.add(state)
 
