@@ -454,38 +454,6 @@ def _open_store(config: Any) -> Any:
         fail(str(exc), 1)
 
 
-def scan_settings(config: Any) -> Any:
-    """ScanSettings from a loaded Config (secrets are read lazily, at login)."""
-    from guard.imap import ServerSettings
-    from guard.scan import ScanSettings
-
-    imap = config.imap
-    password = oauth2 = None
-    if imap.uses_oauth2:
-        oauth2 = lambda: imap.oauth2_token().reveal()  # noqa: E731
-    else:
-        password = lambda: imap.password().reveal()  # noqa: E731
-    server = ServerSettings(
-        host=imap.host,
-        port=imap.port,
-        tls=imap.tls,
-        username=imap.username,
-        password=password,
-        oauth2_token=oauth2,
-        ca_file=str(imap.ca_file) if imap.ca_file else None,
-        timeout=float(imap.timeout),
-    )
-    return ScanSettings(
-        server=server,
-        folders=tuple(imap.folders) if imap.folders else None,
-        label_mode=config.labels.mode,
-        label_prefix=config.labels.prefix,
-        min_risk=config.policy.min_risk,
-        batch_size=imap.batch_size,
-        max_message_bytes=imap.max_message_bytes,
-    )
-
-
 def _quiet_libraries() -> None:
     import logging
 
@@ -523,13 +491,13 @@ def scan(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
 ) -> None:
     """Run one poll cycle over the configured folders: fetch new mail, judge, label."""
-    from guard.scan import ScanError
+    from guard.scan import ScanError, ScanSettings
     from guard.scan import scan as run_scan
 
     _setup_logging(verbose)
     config = _load_config(config_path)
     ruleset = _load_rules(list(config.policy.rules))
-    settings = scan_settings(config)
+    settings = ScanSettings.from_config(config)
     store = _open_store(config)
     progress = None
     bar = None
@@ -560,7 +528,7 @@ def scan(
     except ScanError as exc:
         if bar is not None:
             bar.stop()
-        fail(f"scan failed: {exc}", 1)
+        fail(f"scan failed: {exc}", 2 if exc.kind == "config" else 1)
     finally:
         store.close()
     if bar is not None:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 class ImapError(Exception):
     """A failure talking to the server. ``kind`` is one of: dns, refused, tls, login,
-    timeout, folder, protocol, network."""
+    timeout, folder, protocol, network, config (the secret could not be read)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -98,6 +98,8 @@ def describe(exc: BaseException, settings: ServerSettings) -> ImapError:
     where = f"{settings.host}:{settings.port}"
     if isinstance(exc, ImapError):
         return exc
+    if type(exc).__name__ == "ConfigError":  # a password/token command or file failed
+        return ImapError("config", str(exc))
     if isinstance(exc, socket.gaierror):
         return ImapError("dns", f"cannot resolve IMAP host {settings.host!r}: {exc.strerror}")
     if isinstance(exc, ConnectionRefusedError):

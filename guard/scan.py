@@ -30,6 +30,7 @@ from sqlmodel import Session
 from guard import labels as labelling
 from guard import store as st
 from guard import threads
+from guard.config import Config
 from guard.imap import SENT, Connection, Fetched, ImapError, Selected, ServerSettings
 from guard.message import Message, parse_message
 from guard.policy import LEVELS, RuleSet, Verdict, evaluate, level_at_least
@@ -49,6 +50,31 @@ class ScanSettings:
     batch_size: int = 200
     max_message_bytes: int = 25 * 1024 * 1024
     account: str = "default"
+
+    @classmethod
+    def from_config(cls, config: Config, account: str = "default") -> ScanSettings:
+        """Settings for one account; secrets are read only when logging in."""
+        imap = config.imap
+        server = ServerSettings(
+            host=imap.host,
+            port=imap.port,
+            tls=imap.tls,
+            username=imap.username,
+            password=None if imap.uses_oauth2 else lambda: imap.password().reveal(),
+            oauth2_token=(lambda: imap.oauth2_token().reveal()) if imap.uses_oauth2 else None,
+            ca_file=str(imap.ca_file) if imap.ca_file else None,
+            timeout=float(imap.timeout),
+        )
+        return cls(
+            server=server,
+            folders=tuple(imap.folders) if imap.folders else None,
+            label_mode=config.labels.mode,
+            label_prefix=config.labels.prefix,
+            min_risk=config.policy.min_risk,
+            batch_size=imap.batch_size,
+            max_message_bytes=imap.max_message_bytes,
+            account=account,
+        )
 
 
 @dataclass
@@ -133,9 +159,12 @@ class ScanSummary:
 class ScanError(Exception):
     """The scan could not complete; the message says why in one line."""
 
-    def __init__(self, message: str, summary: ScanSummary | None = None) -> None:
+    def __init__(
+        self, message: str, summary: ScanSummary | None = None, kind: str = "scan"
+    ) -> None:
         super().__init__(message)
         self.summary = summary
+        self.kind = kind
 
 
 def _mode_fits(known: str, configured: str) -> bool:
@@ -637,10 +666,10 @@ def scan(
         return scanner.summary
     except ImapError as exc:
         error = str(exc)
-        raise ScanError(error, scanner.summary if scanner else None) from None
+        raise ScanError(error, scanner.summary if scanner else None, exc.kind) from None
     except st.StoreError as exc:
         error = str(exc)
-        raise ScanError(error, scanner.summary if scanner else None) from None
+        raise ScanError(error, scanner.summary if scanner else None, "store") from None
     finally:
         if scanner is not None:
             scanner.discard()
