@@ -368,7 +368,7 @@ class Connection:
             self.client.add_gmail_labels,
             list(uids),
             list(labels),
-            silent=True,
+            silent=False,  # not every server accepts +X-GM-LABELS.SILENT; the reply is small
         )
 
     def ensure_folder(self, folder: str) -> None:

@@ -477,3 +477,66 @@ def test_findings_lists_threads_riskiest_first(mailbox: MailAccount, tmp_path: P
     assert "0 thread(s) flagged" in none_since
     bad = run_cli("findings", "--config", str(config), "--since", "yesterday", check=False)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+# --------------------------------------------------------------------------- Gmail
+
+
+def gmail_config(tmp: Path, server: Any, **labels: str) -> Path:
+    pw = tmp / "imap-password"
+    pw.write_text(server.password + "\n")
+    pw.chmod(0o600)
+    lines = [
+        "[imap]",
+        'host = "127.0.0.1"',
+        f"port = {server.port}",
+        'tls = "none"',
+        f'username = "{server.username}"',
+        f'password_file = "{pw}"',
+        "[store]",
+        f'url = "sqlite:///{tmp / "guard.sqlite3"}"',
+    ]
+    if labels:
+        lines.append("[labels]")
+        lines += [f'{k} = "{v}"' for k, v in labels.items()]
+    path = tmp / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_gmail_labels_and_threads_from_x_gm_thrid(gmail: Any, tmp_path: Path) -> None:
+    first, fid = harmless(0, subject="Shop redesign", sender="ana@client.example")
+    u1 = gmail.append(first)
+    unrelated, _ = harmless(1, subject="Invoice", sender="bob@other.example")
+    u_other = gmail.append(unrelated)
+    config = gmail_config(tmp_path, gmail)
+    summary = scan_json(config)
+    assert summary["label_mode"] == "gmail"
+
+    reply, _ = risky_payment(
+        subject="Re: Shop redesign", sender="ana@client.example", reply_to_msg=fid
+    )
+    u2 = gmail.append(reply)
+    summary = scan_json(config)
+
+    assert summary["new_messages"] == 1 and summary["labelled"] == 2
+    labels = gmail.labels()
+    expected = {"Guard/High risk", "Guard/Off-platform payment"}
+    assert labels[u1] >= expected and labels[u2] >= expected
+    assert not {x for x in labels[u_other] if x.startswith("Guard/")}
+    # Gmail mode writes labels only: no keywords, no label folders.
+    assert not any(f.startswith("$Guard") for fl in gmail.flags().values() for f in fl)
+    assert not [b for b in gmail.mailboxes() if b.startswith("Guard")]
+    thrids = gmail.thread_ids()
+    rows = dict(db_rows(config, "select uid, thread_id from message where folder='INBOX'"))
+    assert rows[u1] == rows[u2] == f"gm:{thrids[u1]}"
+    assert rows[u_other] == f"gm:{thrids[u_other]}" != rows[u1]
+
+
+def test_labels_mode_folders_forced_on_dovecot(mailbox: MailAccount, tmp_path: Path) -> None:
+    uid = mailbox.save(risky_payment()[0])
+    config = write_config(tmp_path, mailbox, labels={"mode": "folders", "prefix": "Safety"})
+    summary = scan_json(config)
+    assert summary["label_mode"] == "folders"
+    assert not guard_keywords(mailbox.flags()[uid])
+    assert len(mailbox.messages("Safety/Off-platform payment")) == 1
