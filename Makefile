@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORPUS ?= tests/fixtures/demo
 
-.PHONY: install test lint demo bench
+.PHONY: install test test-servers lint demo bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y --no-install-recommends python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -13,7 +13,10 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 
-test: install
+test-servers:
+	tests/support/install-test-servers
+
+test: install test-servers
 	$(BIN)/python -m pytest
 
 lint: install

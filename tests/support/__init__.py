@@ -1,0 +1,1 @@
+"""Test support code (not tests): real servers on loopback for the integration tests."""
