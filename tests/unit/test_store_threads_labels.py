@@ -1,0 +1,180 @@
+"""Store (real SQLite files), thread keys and the label vocabulary, one function at a time."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from support.mail import make
+
+from guard import labels as lb
+from guard import store as st
+from guard import threads
+from guard.message import parse_message
+
+# --------------------------------------------------------------------------- store
+
+
+def test_new_store_file_is_private_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "guard.sqlite3"
+    store = st.Store(f"sqlite:///{path}")
+    store.close()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700
+    con = sqlite3.connect(path)
+    assert con.execute("select max(version) from schema_version").fetchone()[0] == st.SCHEMA_VERSION
+    tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+    assert {"message", "finding", "folder_state", "thread", "scan_run", "label_copy"} <= tables
+
+
+def test_existing_world_readable_store_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "guard.sqlite3"
+    st.Store(f"sqlite:///{path}").close()
+    path.chmod(0o644)
+    st.Store(f"sqlite:///{path}").close()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "guard.sqlite3"
+    st.Store(f"sqlite:///{path}").close()
+    con = sqlite3.connect(path)
+    con.execute("insert into schema_version (version, applied_at) values (99, '2030-01-01')")
+    con.commit()
+    con.close()
+    with pytest.raises(st.StoreError, match=r"schema version 99.*upgrade inbox-guard"):
+        st.Store(f"sqlite:///{path}")
+
+
+def test_foreign_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    con = sqlite3.connect(path)
+    con.execute("create table notes (x text)")
+    con.commit()
+    con.close()
+    with pytest.raises(st.StoreError, match="not an inbox-guard store"):
+        st.Store(f"sqlite:///{path}")
+
+
+def test_migrations_run_in_order_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "guard.sqlite3"
+    st.Store(f"sqlite:///{path}").close()  # a version-1 database
+    calls: list[int] = []
+
+    def add_column(conn: sa.Connection) -> None:
+        calls.append(1)
+        conn.execute(sa.text("ALTER TABLE message ADD COLUMN extra TEXT"))
+
+    monkeypatch.setitem(st.MIGRATIONS, 1, add_column)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    assert st.migrate(engine, target=2) == 2
+    assert st.migrate(engine, target=2) == 2  # already there: nothing runs again
+    engine.dispose()
+    assert calls == [1]
+    con = sqlite3.connect(path)
+    cols = {r[1] for r in con.execute("pragma table_info(message)")}
+    versions = [r[0] for r in con.execute("select version from schema_version order by version")]
+    assert "extra" in cols and versions == [1, 2]
+
+
+def test_missing_migration_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "guard.sqlite3"
+    st.Store(f"sqlite:///{path}").close()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with pytest.raises(st.StoreError, match="no migration from schema version 1"):
+        st.migrate(engine, target=2)
+    engine.dispose()
+
+
+def test_unwritable_store_location_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(st.StoreError) as info:
+        st.Store(f"sqlite:///{blocker}/sub/guard.sqlite3")
+    assert "cannot open the store" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_database_password_is_never_shown() -> None:
+    with pytest.raises(st.StoreError) as info:
+        st.Store("postgresql+psycopg://guard:hunter2@127.0.0.1:1/x?connect_timeout=2")
+    assert "hunter2" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize(
+    ("subject", "base", "reply"),
+    [
+        ("Re: Logo", "logo", True),
+        ("RE: re: Fwd: Logo", "logo", True),
+        ("AW: Angebot", "angebot", True),
+        ("RES: Orçamento", "orçamento", True),
+        ("Отв: Проект", "проект", True),
+        ("[Upwork] Re: Logo", "logo", True),
+        ("Re[2]: Logo", "logo", True),
+        ("Logo", "logo", False),
+        ("Regarding the logo", "regarding the logo", False),
+        ("Review: logo", "review: logo", False),
+    ],
+)
+def test_reply_prefixes(subject: str, base: str, reply: bool) -> None:
+    assert threads.strip_reply_prefixes(subject) == (base, reply)
+
+
+def test_message_ids_from_headers() -> None:
+    assert threads.message_ids("<a@x> <b@y>\r\n <c@z>") == ["a@x", "b@y", "c@z"]
+    assert threads.message_ids("bare@id") == ["bare@id"]
+    assert threads.message_ids("not an id") == []
+    assert threads.message_ids(None) == []
+
+
+def test_subject_key_depends_on_correspondents() -> None:
+    a = parse_message(make(sender="ana@x.example", subject="Re: Logo")[0])
+    a2 = parse_message(make(sender="ana@x.example", subject="Logo")[0])
+    b = parse_message(make(sender="bob@y.example", subject="Re: Logo")[0])
+    ka, ka2, kb = threads.subject_key(a), threads.subject_key(a2), threads.subject_key(b)
+    assert ka[0] == ka2[0] and ka[1] is True and ka2[1] is False
+    assert kb[0] != ka[0]
+
+
+def test_parent_arriving_after_its_reply_joins_the_thread(tmp_path: Path) -> None:
+    store = st.Store(f"sqlite:///{tmp_path / 'g.sqlite3'}")
+    parent_raw, parent_id = make(subject="Budget")
+    reply_raw, _ = make(subject="Re: Budget", reply_to_msg=parent_id)
+    other_raw, _ = make(subject="Budget", sender="someone@else.example")
+    with store.session() as s:
+        t_reply = threads.assign(s, "a", parse_message(reply_raw), "h1")
+        t_parent = threads.assign(s, "a", parse_message(parent_raw), "h2")
+        t_other = threads.assign(s, "a", parse_message(other_raw), "h3")
+    store.close()
+    assert t_parent == t_reply
+    assert t_other != t_reply
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_label_spellings() -> None:
+    payment = lb.category_label("off_platform_payment")
+    assert lb.spell(payment, "gmail", "Guard") == ["gmail:Guard/Off-platform payment"]
+    assert lb.spell(payment, "keywords+folders", "Guard", ".") == [
+        "keyword:$GuardOffPlatformPayment",
+        "folder:Guard.Off-platform payment",
+    ]
+    assert lb.category_label("phishing").keyword("Guard") == "$Phishing"
+    assert lb.level_label("high").keyword("My Guard!") == "$MyGuardHighRisk"
+
+
+def test_thread_labels_take_the_riskiest_message() -> None:
+    risk, labels = lb.thread_labels(
+        [("none", []), ("high", ["off_platform_payment"]), ("low", ["dispute"])], "medium"
+    )
+    assert risk == "high"
+    # the low-risk aside does not add its category
+    assert {x.name for x in labels} == {"level:high", "off_platform_payment"}
+    assert lb.thread_labels([("low", ["dispute"])], "medium") == ("low", frozenset())
+    assert lb.thread_labels([("none", [])], "low") == ("none", frozenset())
