@@ -17,12 +17,15 @@ been written are returned in the summary.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session
@@ -30,7 +33,7 @@ from sqlmodel import Session
 from guard import labels as labelling
 from guard import store as st
 from guard import threads
-from guard.config import Config
+from guard.config import Config, default_state_dir
 from guard.imap import SENT, Connection, Fetched, ImapError, Selected, ServerSettings
 from guard.message import Message, parse_message
 from guard.policy import LEVELS, RuleSet, Verdict, evaluate, level_at_least
@@ -50,6 +53,7 @@ class ScanSettings:
     batch_size: int = 200
     max_message_bytes: int = 25 * 1024 * 1024
     account: str = "default"
+    lock_path: Path | None = None  # one scan at a time per store and account
 
     @classmethod
     def from_config(cls, config: Config, account: str = "default") -> ScanSettings:
@@ -74,6 +78,7 @@ class ScanSettings:
             batch_size=imap.batch_size,
             max_message_bytes=imap.max_message_bytes,
             account=account,
+            lock_path=_lock_path(config, account),
         )
 
 
@@ -165,6 +170,32 @@ class ScanError(Exception):
         super().__init__(message)
         self.summary = summary
         self.kind = kind
+
+
+def _lock_path(config: Config, account: str) -> Path:
+    db = config.sqlite_path
+    base = db.parent if db is not None else default_state_dir()
+    stem = db.name if db is not None else "store"
+    return base / f".{stem}.{account}.scan-lock"
+
+
+@contextmanager
+def scan_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock for one scan; a second scan (a manual ``scan`` while the
+    daemon is polling) is refused instead of labelling the same messages twice."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ScanError(f"another scan of this mailbox is running (lock {path})") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _mode_fits(known: str, configured: str) -> bool:
@@ -642,6 +673,18 @@ def scan(
     """Run one poll cycle. Raises ScanError (with the partial summary) on failure."""
     if settings.min_risk not in LEVELS[1:]:
         raise ValueError(f"min_risk must be one of low, medium, high (got {settings.min_risk!r})")
+    with scan_lock(settings.lock_path):
+        return _scan_locked(settings, store, rules, dry_run, only_folder, progress)
+
+
+def _scan_locked(
+    settings: ScanSettings,
+    store: st.Store,
+    rules: RuleSet,
+    dry_run: bool,
+    only_folder: str | None,
+    progress: Progress | None,
+) -> ScanSummary:
     run_id: int | None = None
     if not dry_run:
         with store.session() as session:

@@ -540,3 +540,20 @@ def test_labels_mode_folders_forced_on_dovecot(mailbox: MailAccount, tmp_path: P
     assert summary["label_mode"] == "folders"
     assert not guard_keywords(mailbox.flags()[uid])
     assert len(mailbox.messages("Safety/Off-platform payment")) == 1
+
+
+def test_second_concurrent_scan_is_refused(mailbox: MailAccount, tmp_path: Path) -> None:
+    import fcntl
+
+    mailbox.save(risky_payment()[0])
+    config = write_config(tmp_path, mailbox)
+    lock = tmp_path / ".guard.sqlite3.default.scan-lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running scan holds
+        proc = run_cli("scan", "--config", str(config), check=False)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1 and "another scan" in proc.stderr
+    assert not guard_keywords(mailbox.flags()[1])
+    assert scan_json(config)["labelled"] == 1
