@@ -187,6 +187,31 @@ class ScanRun(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)
 
 
+class Digest(SQLModel, table=True):
+    """One daily digest: stored (both bodies) before it is sent, so none is lost or sent
+    twice. ``status``: pending (to send or retry), sent, empty (nothing to report and
+    ``send_empty`` is off: kept as a record, never sent)."""
+
+    __tablename__ = "digest"
+    __table_args__ = (sa.Index("ix_digest_status", "account", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(max_length=200)
+    period_start: NaiveDatetime | None = None  # None: since the beginning
+    period_end: NaiveDatetime
+    recipient: str = Field(max_length=998)
+    subject: str = Field(sa_type=sa.Text)
+    message_id: str = Field(max_length=998)
+    text_body: str = Field(sa_type=sa.Text)
+    html_body: str = Field(sa_type=sa.Text)
+    threads: int = 0
+    status: str = Field(default="pending", max_length=10)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    sent_at: NaiveDatetime | None = None
+
+
 # --------------------------------------------------------------------------- migrations
 
 # MIGRATIONS[n] brings a database from version n to n + 1.
@@ -521,3 +546,57 @@ def counts(session: Session) -> StoreCounts:
     ).one()
     n_find = session.exec(select(sa.func.count()).select_from(StoredFinding)).one()
     return StoreCounts(int(n_msg), int(n_thr), int(n_find))
+
+
+def threads_updated_between(
+    session: Session,
+    account: str,
+    start: datetime | None,
+    end: datetime,
+    levels: Sequence[str],
+) -> list[Thread]:
+    """Threads the guard changed in (start, end] at one of ``levels``, riskiest first."""
+    stmt = select(Thread).where(
+        Thread.account == account,
+        col(Thread.risk).in_(list(levels)),
+        col(Thread.updated_at) <= end,
+    )
+    if start is not None:
+        stmt = stmt.where(col(Thread.updated_at) > start)
+    rank = sa.case({"high": 3, "medium": 2, "low": 1}, value=col(Thread.risk), else_=0)
+    stmt = stmt.order_by(rank.desc(), col(Thread.score).desc(), col(Thread.updated_at).desc())
+    return list(session.exec(stmt).all())
+
+
+def scan_totals_between(
+    session: Session, account: str, start: datetime | None, end: datetime
+) -> tuple[int, int]:
+    """(messages scanned, scans run) by finished, non-dry scans in (start, end]."""
+    stmt = select(sa.func.coalesce(sa.func.sum(ScanRun.new_messages), 0), sa.func.count()).where(
+        ScanRun.account == account,
+        col(ScanRun.dry_run).is_(False),
+        col(ScanRun.finished_at).is_not(None),
+        col(ScanRun.finished_at) <= end,
+    )
+    if start is not None:
+        stmt = stmt.where(col(ScanRun.finished_at) > start)
+    total, runs = session.exec(stmt).one()
+    return int(total), int(runs)
+
+
+def last_sent_digest(session: Session, account: str) -> Digest | None:
+    stmt = (
+        select(Digest)
+        .where(Digest.account == account, col(Digest.status).in_(["sent", "empty"]))
+        .order_by(col(Digest.period_end).desc())
+    )
+    return session.exec(stmt).first()
+
+
+def pending_digests(session: Session, account: str) -> list[Digest]:
+    stmt = (
+        select(Digest)
+        .where(Digest.account == account, Digest.status == "pending")
+        .order_by(col(Digest.period_end))
+    )
+    return list(session.exec(stmt).all())
