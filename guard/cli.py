@@ -559,6 +559,20 @@ def _print_scan_summary(summary: Any) -> None:
         )
 
 
+# --------------------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    config_path: ConfigOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run as a service: scan every poll interval, send the daily digest."""
+    from guard.daemon import run as run_daemon
+
+    raise typer.Exit(run_daemon(config_path, verbose))
+
+
 # --------------------------------------------------------------------------- findings
 
 

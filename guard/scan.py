@@ -83,6 +83,15 @@ class ScanSettings:
 
 
 @dataclass
+class ScanControl:
+    """Hooks for a daemon: ``stop_requested`` is polled between batches; ``connected`` is
+    called with the live connection (and with None when it is closed)."""
+
+    stop_requested: Callable[[], bool] = lambda: False
+    connected: Callable[[Connection | None], None] = lambda _conn: None
+
+
+@dataclass
 class FolderSummary:
     fetched: int = 0
     new_messages: int = 0
@@ -235,6 +244,7 @@ class _Scanner:
         self.sent_folder: str | None = None
         self._dry_session: Session | None = None
         self.written: dict[int, set[str]] = defaultdict(set)  # message pk -> spellings
+        self.stop_requested: Callable[[], bool] = lambda: False
 
     # -- store units of work -------------------------------------------------------
 
@@ -354,6 +364,9 @@ class _Scanner:
         if self.progress and total:
             self.progress(folder, 0, total)
         for start in range(0, total, self.s.batch_size):
+            if self.stop_requested():
+                log.info("%s: stopping after %d of %d new messages", folder, done, total)
+                break
             batch = uids[start : start + self.s.batch_size]
             self.scan_batch(folder, selected, batch, fs)
             self.write_labels(folder, selected)
@@ -371,14 +384,14 @@ class _Scanner:
             done += len(batch)
             if self.progress:
                 self.progress(folder, done, total)
-        if not uids or reset:
+        if not uids:  # nothing to read: still record the folder (and a new UIDVALIDITY)
             with self.unit() as session:
                 st.save_folder_state(
                     session,
                     self.s.account,
                     folder,
                     uidvalidity=selected.uidvalidity,
-                    last_uid=max([last_uid, *uids]),
+                    last_uid=last_uid,
                     highest_modseq=selected.highest_modseq,
                     uidnext=selected.uidnext,
                     label_mode=self.mode,
@@ -669,12 +682,19 @@ def scan(
     dry_run: bool = False,
     only_folder: str | None = None,
     progress: Progress | None = None,
+    control: ScanControl | None = None,
 ) -> ScanSummary:
-    """Run one poll cycle. Raises ScanError (with the partial summary) on failure."""
+    """Run one poll cycle. Raises ScanError (with the partial summary) on failure.
+
+    ``control`` lets a daemon ask the scan to stop after the current batch (everything
+    done so far is committed) and see the live connection, to cut it if a stop takes too
+    long."""
     if settings.min_risk not in LEVELS[1:]:
         raise ValueError(f"min_risk must be one of low, medium, high (got {settings.min_risk!r})")
     with scan_lock(settings.lock_path):
-        return _scan_locked(settings, store, rules, dry_run, only_folder, progress)
+        return _scan_locked(
+            settings, store, rules, dry_run, only_folder, progress, control or ScanControl()
+        )
 
 
 def _scan_locked(
@@ -684,6 +704,7 @@ def _scan_locked(
     dry_run: bool,
     only_folder: str | None,
     progress: Progress | None,
+    control: ScanControl,
 ) -> ScanSummary:
     run_id: int | None = None
     if not dry_run:
@@ -695,11 +716,15 @@ def _scan_locked(
     conn = Connection(settings.server)
     scanner: _Scanner | None = None
     error: str | None = None
+    control.connected(conn)
     try:
         conn.open()
         scanner = _Scanner(settings, store, rules, conn, dry_run, progress)
+        scanner.stop_requested = control.stop_requested
         folders = [only_folder] if only_folder else scanner.folders()
         for folder in folders:
+            if control.stop_requested():
+                break
             scanner.scan_folder(folder)
         scanner.finish_other_folders(folders)
         if not scanner.summary.label_mode:
@@ -714,6 +739,7 @@ def _scan_locked(
         error = str(exc)
         raise ScanError(error, scanner.summary if scanner else None, "store") from None
     finally:
+        control.connected(None)
         if scanner is not None:
             scanner.discard()
         conn.close()

@@ -1,0 +1,368 @@
+"""``inbox-guard run``: the long-running service.
+
+APScheduler drives three jobs: the scan (at start, then every ``schedule.poll_interval``;
+one at a time, missed runs coalesced), the daily digest at ``digest.time`` in
+``digest.timezone`` (caught up once at start when the last one was missed), and the
+systemd watchdog ping. Failures are logged as one line each and retried with backoff:
+network trouble quickly at first (5 s, doubling, up to the poll interval), a refused
+login slowly (5 min, doubling, up to an hour) so a wrong password never turns into a
+lockout storm at the provider.
+
+Signals: SIGTERM/SIGINT ask the scan to stop after its current batch (committed), then
+exit 0 — within 10 s: if the server does not answer in time the connection is cut, and
+the unfinished batch is simply read again next time. SIGHUP reloads the configuration and
+rules (a broken new file is reported and the old one kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import ClassVar
+
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from guard import store as st
+from guard.config import Config, ConfigError, load_config
+from guard.imap import Connection
+from guard.policy import RulesError, RuleSet, load_rules
+from guard.scan import ScanControl, ScanError, ScanSettings, ScanSummary, scan
+
+log = logging.getLogger("inbox-guard")
+
+STOP_GRACE = 7.0  # seconds a running batch may take to finish after SIGTERM
+NETWORK_BACKOFF = (5.0, 2.0)  # first delay, factor (capped at the poll interval)
+LOGIN_BACKOFF = (300.0, 2.0, 3600.0)  # first delay, factor, cap
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def sd_notify(message: str, env: Mapping[str, str] = os.environ) -> bool:
+    """Send one notification to systemd (READY=1, STATUS=..., WATCHDOG=1, STOPPING=1).
+    Does nothing when not started by systemd with Type=notify."""
+    address = env.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+        return False
+
+
+def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
+    """Half of systemd's WatchdogSec for this process, in seconds, or None."""
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(int(usec) / 2_000_000, 0.5)
+    except ValueError:
+        return None
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>message`` lines when stderr goes to the journal (systemd reads the
+    prefix as the priority and adds its own timestamp); a timestamped line otherwise."""
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s" if not journal else None)
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record) if not self.journal else record.getMessage()
+        text = " ".join(text.split())  # one event, one line
+        if self.journal:
+            return f"<{self.PRIORITY.get(record.levelno, 6)}>{text}"
+        return text
+
+
+def setup_logging(verbose: bool = False, env: Mapping[str, str] = os.environ) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter(bool(env.get("JOURNAL_STREAM"))))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("apscheduler", "imapclient", "mailparser", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # mail-parser logs hostile header values at ERROR level: attacker text, not ours.
+    logging.getLogger("mailparser").setLevel(logging.CRITICAL)
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None, env: Mapping[str, str] = os.environ) -> None:
+        self.config_path = config_path
+        self.env = env
+        self.config: Config = load_config(config_path, env)
+        self.rules: RuleSet = load_rules(list(self.config.policy.rules))
+        self.store = st.Store(self.config.store.url)
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.scan_now = threading.Event()
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.connection: Connection | None = None
+        self.failures = 0
+        self.last_summary: ScanSummary | None = None
+        self.last_error: str | None = None
+        self.scans = 0
+        self._lock = threading.Lock()
+
+    # -- jobs ----------------------------------------------------------------------
+
+    def _control(self) -> ScanControl:
+        def connected(conn: Connection | None) -> None:
+            self.connection = conn
+
+        return ScanControl(stop_requested=self.stopping.is_set, connected=connected)
+
+    def scan_job(self) -> None:
+        if self.stopping.is_set():
+            return
+        with self._lock:
+            config, rules = self.config, self.rules
+        try:
+            summary = scan(
+                ScanSettings.from_config(config), self.store, rules, control=self._control()
+            )
+        except ScanError as exc:
+            self._scan_failed(exc)
+            return
+        except st.StoreError as exc:
+            self._scan_failed(ScanError(str(exc), kind="store"))
+            return
+        if self.failures:
+            log.info("scan recovered after %d failed attempt(s)", self.failures)
+        self.failures = 0
+        self.last_error = None
+        self.last_summary = summary
+        self.scans += 1
+        log.info(
+            "scan: %d new, %d risky, %d labelled (%s)",
+            summary.new_messages,
+            summary.risky,
+            summary.labelled,
+            summary.label_mode,
+        )
+        self._status()
+        self._retry_pending_digest()
+
+    def _scan_failed(self, exc: ScanError) -> None:
+        self.failures += 1
+        self.last_error = str(exc)
+        poll = float(self.config.schedule.poll_interval)
+        if exc.kind in ("login", "config"):
+            first, factor, cap = LOGIN_BACKOFF
+            delay = min(first * factor ** (self.failures - 1), max(cap, poll))
+        else:
+            first, factor = NETWORK_BACKOFF
+            delay = min(first * factor ** (self.failures - 1), poll)
+        log.error("scan failed (%s): %s; retrying in %.0f s", exc.kind, exc, delay)
+        self._status()
+        if not self.stopping.is_set():
+            next_run = datetime.now(UTC) + timedelta(seconds=delay)
+            self.scheduler.modify_job("scan", next_run_time=next_run)
+
+    def digest_job(self) -> None:
+        if self.config.digest is None or self.stopping.is_set():
+            return
+        from guard import digest
+
+        try:
+            digest.run_digest(self.store, self.config, "default")
+        except Exception as exc:  # one bad day must not stop the service
+            log.error("digest failed: %s", st.describe_error(exc))
+
+    def _retry_pending_digest(self) -> None:
+        if self.config.digest is None:
+            return
+        from guard import digest
+
+        try:
+            with self.store.session() as session:
+                pending = st.pending_digests(session, "default")
+            if pending:
+                digest.send_pending(self.store, self.config, "default")
+        except Exception as exc:
+            log.error("digest retry failed: %s", st.describe_error(exc))
+
+    def _catch_up_digest(self) -> None:
+        if self.config.digest is None:
+            return
+        from guard import digest
+
+        try:
+            if digest.due(self.store, self.config, "default", None):
+                log.info("digest: the last one was missed; sending it now")
+                self.digest_job()
+        except Exception as exc:
+            log.error("digest catch-up failed: %s", st.describe_error(exc))
+
+    def watchdog_job(self) -> None:
+        sd_notify("WATCHDOG=1", self.env)
+
+    def _status(self) -> None:
+        if self.last_error:
+            text = f"scan failing ({self.failures}x): {self.last_error}"
+        elif self.last_summary is not None:
+            s = self.last_summary
+            at = datetime.now().strftime("%H:%M")
+            text = f"last scan {at}: {s.new_messages} new, {s.risky} risky, {s.labelled} labelled"
+        else:
+            text = "starting"
+        sd_notify("STATUS=" + text[:200], self.env)
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        config = self.config
+        self.scheduler.add_job(
+            self.scan_job,
+            IntervalTrigger(seconds=config.schedule.poll_interval, timezone=UTC),
+            id="scan",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+            replace_existing=True,
+        )
+        if config.digest is not None:
+            zone = config.digest.zone()
+            self.scheduler.add_job(
+                self.digest_job,
+                CronTrigger(
+                    hour=config.digest.time.hour, minute=config.digest.time.minute, timezone=zone
+                ),
+                id="digest",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+                replace_existing=True,
+            )
+        elif self.scheduler.get_job("digest") is not None:
+            self.scheduler.remove_job("digest")
+
+    def _on_job_error(self, event: JobExecutionEvent) -> None:
+        log.error("job %s crashed: %s", event.job_id, st.describe_error(event.exception))
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config_path, self.env)
+            rules = load_rules(list(config.policy.rules))
+        except (ConfigError, RulesError, OSError) as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        if config.store.url != self.config.store.url:
+            log.warning("store.url changed: takes effect after a restart")
+        with self._lock:
+            self.config = config
+            self.rules = rules
+        self._schedule()
+        log.info("configuration reloaded from %s", config.source or "defaults")
+
+    # -- main loop -----------------------------------------------------------------
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested.set()
+        else:
+            self.stopping.set()
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._signal)
+        self.scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
+        self._schedule()
+        interval = watchdog_interval(self.env)
+        if interval is not None:
+            self.scheduler.add_job(
+                self.watchdog_job, IntervalTrigger(seconds=interval), id="watchdog"
+            )
+        self.scheduler.start()
+        log.info(
+            "inbox-guard running: %s as %s, every %d s",
+            self.config.imap.host,
+            self.config.imap.username,
+            self.config.schedule.poll_interval,
+        )
+        sd_notify("READY=1", self.env)
+        self._status()
+        self._catch_up_digest()
+        while not self.stopping.is_set():
+            self.stopping.wait(0.5)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                sd_notify("RELOADING=1", self.env)
+                self.reload()
+                sd_notify("READY=1", self.env)
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        log.info("stopping: finishing the current batch")
+        sd_notify("STOPPING=1", self.env)
+        done = threading.Event()
+
+        def stop_scheduler() -> None:
+            self.scheduler.shutdown(wait=True)
+            done.set()
+
+        threading.Thread(target=stop_scheduler, daemon=True).start()
+        if not done.wait(STOP_GRACE):
+            conn = self.connection
+            if conn is not None and conn.client is not None:
+                log.warning("the server did not answer in time; closing the connection")
+                with contextlib.suppress(Exception):  # it may be closing already
+                    conn.client.shutdown()
+            done.wait(2.0)
+        self.store.close()
+        log.info("stopped")
+        return 0
+
+
+def run(config_path: Path | None, verbose: bool = False) -> int:
+    setup_logging(verbose)
+    try:
+        daemon = Daemon(config_path)
+    except ConfigError as exc:
+        log.error("configuration: %s", exc)
+        return 2
+    except RulesError as exc:
+        log.error("rules: %s", exc)
+        return 2
+    except st.StoreError as exc:
+        log.error("%s", exc)
+        return 1
+    started = time.monotonic()
+    status = daemon.run()
+    log.debug("ran %.0f s, %d scans", time.monotonic() - started, daemon.scans)
+    return status
