@@ -264,7 +264,7 @@ def _zone_name(value: Any) -> Any:
 
 
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-MIN_POLL_INTERVAL = 30
+MIN_POLL_INTERVAL = 2  # for tests and own servers; providers expect minutes
 
 
 def _duration_seconds(value: Any) -> Any:

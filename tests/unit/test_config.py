@@ -352,8 +352,8 @@ ERRORS = [
         id="digest-without-smtp",
     ),
     pytest.param(
-        MINIMAL + "[schedule]\npoll_interval = 10\n",
-        "schedule.poll_interval: must be at least 30 seconds (got 10)",
+        MINIMAL + "[schedule]\npoll_interval = 1\n",
+        "schedule.poll_interval: must be at least 2 seconds (got 1)",
         id="poll-too-often",
     ),
     pytest.param(
