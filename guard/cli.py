@@ -573,6 +573,32 @@ def run(
     raise typer.Exit(run_daemon(config_path, verbose))
 
 
+# --------------------------------------------------------------------------- doctor
+
+
+@app.command()
+def doctor(config_path: ConfigOption = None) -> None:
+    """Check the configuration, secrets, network, TLS, login, folders, labels, database
+    and SMTP, one line each, with a hint for each failure."""
+    from guard.doctor import run_checks
+
+    _quiet_libraries()
+    failed = 0
+    out = sys.stdout
+    for check in run_checks(config_path):
+        mark = {True: "ok  ", False: "FAIL", None: "--  "}[check.ok]
+        out.write(f"{mark} {check.name}: {clean(check.detail)}\n")
+        if check.ok is False:
+            failed += 1
+            if check.hint:
+                out.write(f"     hint: {clean(check.hint)}\n")
+        out.flush()
+    if failed:
+        out.write(f"{failed} check(s) failed\n")
+        raise typer.Exit(1)
+    out.write("all checks passed\n")
+
+
 # --------------------------------------------------------------------------- findings
 
 
