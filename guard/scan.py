@@ -245,6 +245,7 @@ class _Scanner:
         self._dry_session: Session | None = None
         self.written: dict[int, set[str]] = defaultdict(set)  # message pk -> spellings
         self.stop_requested: Callable[[], bool] = lambda: False
+        self.stale_checked: dict[str, bool] = {}  # folder -> rows under another UIDVALIDITY
 
     # -- store units of work -------------------------------------------------------
 
@@ -423,22 +424,64 @@ class _Scanner:
         account = self.s.account
         with self.unit() as session:
             touched: set[str] = set()
-            for fetched, msg, verdict, notes in judged:
-                row, new = self.record(
-                    session, folder, selected.uidvalidity, fetched, msg, verdict, notes, direction
+            known = st.locations(session, account, folder, selected.uidvalidity, uids)
+            if folder not in self.stale_checked:
+                self.stale_checked[folder] = st.has_other_uidvalidity(
+                    session, account, folder, selected.uidvalidity
                 )
-                touched.add(row.thread_id)
-                if new:
-                    fs.new_messages += 1
-                    if verdict.risk != "none" and level_at_least(verdict.risk, self.s.min_risk):
-                        fs.risky += 1
+            fresh = []
+            for fetched, msg, verdict, notes in judged:
+                existing = known.get(fetched.uid)
+                if existing is None and self.stale_checked[folder]:
+                    existing = self.relocate(session, folder, selected.uidvalidity, fetched)
+                if existing is not None:  # already recorded: a stopped scan, or a new UIDVALIDITY
+                    touched.add(existing.thread_id)
+                    continue
+                fresh.append((fetched, msg, verdict, notes, content_hash(fetched.raw)))
+            thread_ids = threads.assign_batch(
+                session, account, [(m, h, f.gm_thrid) for f, m, _v, _n, h in fresh]
+            )
+            added: list[tuple[st.StoredMessage, Verdict]] = []
+            for (fetched, msg, verdict, notes, digest), thread_id in zip(
+                fresh, thread_ids, strict=True
+            ):
+                row = self.new_row(
+                    folder, selected.uidvalidity, fetched, msg, verdict, notes, direction
+                )
+                row.content_hash = digest
+                row.thread_id = thread_id
+                session.add(row)
+                touched.add(thread_id)
+                added.append((row, verdict))
+                fs.new_messages += 1
+                if verdict.risk != "none" and level_at_least(verdict.risk, self.s.min_risk):
+                    fs.risky += 1
             session.flush()
-            for thread_id in sorted(touched):
-                self.update_thread(session, account, thread_id)
+            for row, verdict in added:
+                assert row.id is not None
+                st.add_findings(session, row.id, verdict.findings)
+            self.update_threads(session, account, touched)
 
-    def record(
+    def relocate(
+        self, session: Session, folder: str, uidvalidity: int, fetched: Fetched
+    ) -> st.StoredMessage | None:
+        """The row of the same bytes recorded under an older UIDVALIDITY, moved to the new
+        location with its findings kept. Keywords and Gmail labels belonged to the old
+        copy and are written again; label-folder copies are separate messages and stay."""
+        stale = st.stale_copy(
+            session, self.s.account, folder, content_hash(fetched.raw), uidvalidity
+        )
+        if stale is None:
+            return None
+        stale.uidvalidity = uidvalidity
+        stale.uid = fetched.uid
+        stale.labels = "\n".join(x for x in stale.label_set if x.startswith("folder:"))
+        stale.label_pending = True
+        session.add(stale)
+        return stale
+
+    def new_row(
         self,
-        session: Session,
         folder: str,
         uidvalidity: int,
         fetched: Fetched,
@@ -446,34 +489,17 @@ class _Scanner:
         verdict: Verdict,
         notes: list[str],
         direction: str,
-    ) -> tuple[st.StoredMessage, bool]:
-        account = self.s.account
-        existing = st.message_at(session, account, folder, uidvalidity, fetched.uid)
-        if existing is not None:  # recorded by a scan that stopped before its state advanced
-            return existing, False
-        digest = content_hash(fetched.raw)
-        stale = st.stale_copy(session, account, folder, digest, uidvalidity)
-        if stale is not None:
-            # Same message, new UIDVALIDITY: move the record, keep its findings. Keywords and
-            # Gmail labels belong to the old copy and are written again; label-folder
-            # copies are separate messages and stay recorded.
-            stale.uidvalidity = uidvalidity
-            stale.uid = fetched.uid
-            stale.labels = "\n".join(x for x in stale.label_set if x.startswith("folder:"))
-            stale.label_pending = True
-            session.add(stale)
-            return stale, False
-        thread_id = threads.assign(session, account, msg, digest, fetched.gm_thrid)
+    ) -> st.StoredMessage:
         sender = msg.from_
-        row = st.StoredMessage(
-            account=account,
+        return st.StoredMessage(
+            account=self.s.account,
             folder=folder,
             uidvalidity=uidvalidity,
             uid=fetched.uid,
             direction=direction,
             message_id=msg.message_id or None,
-            content_hash=digest,
-            thread_id=thread_id,
+            content_hash="",
+            thread_id="",
             date=st.as_utc_naive(msg.date),
             internal_date=st.as_utc_naive(fetched.internal_date),
             sender=sender.addr if sender else "",
@@ -488,19 +514,27 @@ class _Scanner:
             categories=",".join(verdict.categories),
             notes="\n".join(notes),
         )
-        session.add(row)
-        session.flush()
-        assert row.id is not None
-        st.add_findings(session, row.id, verdict.findings)
-        return row, True
 
-    def update_thread(self, session: Session, account: str, thread_id: str) -> None:
-        members = st.thread_messages(session, account, thread_id)
+    def update_threads(self, session: Session, account: str, thread_ids: set[str]) -> None:
+        members = st.messages_of_threads(session, account, sorted(thread_ids))
+        rows = st.threads_by_id(session, account, sorted(thread_ids))
+        for thread_id in sorted(thread_ids):
+            self.update_thread(
+                session, account, thread_id, members.get(thread_id, []), rows.get(thread_id)
+            )
+
+    def update_thread(
+        self,
+        session: Session,
+        account: str,
+        thread_id: str,
+        members: list[st.StoredMessage],
+        thread: st.Thread | None,
+    ) -> None:
         risk, wanted = labelling.thread_labels(
             ((m.risk, m.category_list) for m in members), self.s.min_risk
         )
         names = "\n".join(sorted(label.name for label in wanted))
-        thread = st.get_thread(session, account, thread_id)
         if thread is None:
             thread = st.Thread(account=account, thread_id=thread_id)
         cats = sorted({c for m in members for c in m.category_list})

@@ -413,6 +413,63 @@ def stale_copy(
     return session.exec(stmt).first()
 
 
+def locations(
+    session: Session, account: str, folder: str, uidvalidity: int, uids: Sequence[int]
+) -> dict[int, StoredMessage]:
+    """The rows already recorded at these UIDs (one query for a batch)."""
+    if not uids:
+        return {}
+    stmt = select(StoredMessage).where(
+        StoredMessage.account == account,
+        StoredMessage.folder == folder,
+        StoredMessage.uidvalidity == uidvalidity,
+        col(StoredMessage.uid).in_(list(uids)),
+    )
+    return {row.uid: row for row in session.exec(stmt)}
+
+
+def has_other_uidvalidity(session: Session, account: str, folder: str, uidvalidity: int) -> bool:
+    stmt = (
+        select(StoredMessage.id)
+        .where(
+            StoredMessage.account == account,
+            StoredMessage.folder == folder,
+            StoredMessage.uidvalidity != uidvalidity,
+        )
+        .limit(1)
+    )
+    return session.exec(stmt).first() is not None
+
+
+def messages_of_threads(
+    session: Session, account: str, thread_ids: Sequence[str]
+) -> dict[str, list[StoredMessage]]:
+    out: dict[str, list[StoredMessage]] = {}
+    for start in range(0, len(thread_ids), 500):
+        stmt = (
+            select(StoredMessage)
+            .where(
+                StoredMessage.account == account,
+                col(StoredMessage.thread_id).in_(list(thread_ids[start : start + 500])),
+            )
+            .order_by(col(StoredMessage.date), col(StoredMessage.id))
+        )
+        for row in session.exec(stmt):
+            out.setdefault(row.thread_id, []).append(row)
+    return out
+
+
+def threads_by_id(session: Session, account: str, thread_ids: Sequence[str]) -> dict[str, Thread]:
+    out: dict[str, Thread] = {}
+    for start in range(0, len(thread_ids), 500):
+        stmt = select(Thread).where(
+            Thread.account == account,
+            col(Thread.thread_id).in_(list(thread_ids[start : start + 500])),
+        )
+        out.update({t.thread_id: t for t in session.exec(stmt)})
+    return out
+
+
 def add_findings(session: Session, message_pk: int, findings: Iterable[Any]) -> None:
     for f in findings:
         session.add(
@@ -440,13 +497,50 @@ def threads_for_refs(session: Session, account: str, refs: Sequence[str]) -> lis
 
 
 def add_refs(session: Session, account: str, refs: Iterable[str], thread_id: str) -> None:
-    for ref in set(refs):
-        row = session.get(ThreadRef, (account, ref))
-        if row is None:
-            session.add(ThreadRef(account=account, ref=ref, thread_id=thread_id))
-        elif row.thread_id != thread_id:
+    wanted = set(refs)
+    if not wanted:
+        return
+    stmt = select(ThreadRef).where(
+        ThreadRef.account == account, col(ThreadRef.ref).in_(sorted(wanted))
+    )
+    for row in session.exec(stmt):
+        wanted.discard(row.ref)
+        if row.thread_id != thread_id:
             row.thread_id = thread_id
             session.add(row)
+    session.add_all(ThreadRef(account=account, ref=ref, thread_id=thread_id) for ref in wanted)
+
+
+def ref_map(session: Session, account: str, refs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for start in range(0, len(refs), 500):
+        stmt = select(ThreadRef.ref, ThreadRef.thread_id).where(
+            ThreadRef.account == account, col(ThreadRef.ref).in_(list(refs[start : start + 500]))
+        )
+        out.update({ref: thread for ref, thread in session.exec(stmt)})
+    return out
+
+
+def set_refs(session: Session, account: str, refs: dict[str, str]) -> None:
+    """Point each ref at its thread (insert or update), a few statements per batch."""
+    if not refs:
+        return
+    existing = ref_map(session, account, sorted(refs))
+    new = [
+        {"account": account, "ref": r, "thread_id": t} for r, t in refs.items() if r not in existing
+    ]
+    if new:
+        session.execute(sa.insert(ThreadRef), new)
+    by_thread: dict[str, list[str]] = {}
+    for r, t in refs.items():
+        if r in existing and existing[r] != t:
+            by_thread.setdefault(t, []).append(r)
+    for thread_id, moved in by_thread.items():
+        session.execute(
+            sa.update(ThreadRef)
+            .where(col(ThreadRef.account) == account, col(ThreadRef.ref).in_(moved))
+            .values(thread_id=thread_id)
+        )
 
 
 def merge_threads(session: Session, account: str, into: str, others: Sequence[str]) -> None:

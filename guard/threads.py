@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlmodel import Session
@@ -136,3 +136,48 @@ def _oldest(thread_ids: Iterable[str]) -> str:
     ids = sorted(thread_ids)
     gm = [t for t in ids if t.startswith("gm:")]
     return (gm or ids)[0]
+
+
+def assign_batch(
+    session: Session,
+    account: str,
+    items: Sequence[tuple[Message, str, int | None]],
+) -> list[str]:
+    """Thread ids for a batch of new messages (message, content hash, Gmail thread id),
+    with one look-up of the known ids for the whole batch. Messages of the batch that
+    refer to each other end up in one thread, whatever their order."""
+    keys = [keys_for(msg) for msg, _h, _g in items]
+    wanted: set[str] = set()
+    for k in keys:
+        wanted.update("id:" + x for x in (*k.own, *k.refs))
+        if k.subject:
+            wanted.add(k.subject)
+    local = store.ref_map(session, account, sorted(wanted))  # ref -> thread id
+    changed: dict[str, str] = {}
+    result: list[str] = []
+    for (_msg, content_hash, gm_thrid), k in zip(items, keys, strict=True):
+        ids = ["id:" + x for x in (*k.own, *k.refs)]
+        found = sorted({local[r] for r in ids if r in local})
+        if gm_thrid is not None:
+            thread_id = f"gm:{gm_thrid}"
+        elif found:
+            thread_id = _oldest(found)
+        elif k.subject and k.is_reply and k.subject in local:
+            thread_id = local[k.subject]
+        else:
+            thread_id = new_thread_id(content_hash, None)
+        merged = [t for t in found if t != thread_id]
+        if merged:
+            session.flush()
+            store.merge_threads(session, account, thread_id, merged)
+            gone = set(merged)
+            for ref, t in local.items():
+                if t in gone:
+                    local[ref] = changed[ref] = thread_id
+            result = [thread_id if t in gone else t for t in result]
+        for ref in [*ids, *([k.subject] if k.subject else [])]:
+            if local.get(ref) != thread_id:
+                local[ref] = changed[ref] = thread_id
+        result.append(thread_id)
+    store.set_refs(session, account, changed)
+    return result

@@ -178,3 +178,26 @@ def test_thread_labels_take_the_riskiest_message() -> None:
     assert {x.name for x in labels} == {"level:high", "off_platform_payment"}
     assert lb.thread_labels([("low", ["dispute"])], "medium") == ("low", frozenset())
     assert lb.thread_labels([("none", [])], "low") == ("none", frozenset())
+
+
+def test_batch_assignment_joins_replies_in_any_order_and_merges(tmp_path: Path) -> None:
+    store = st.Store(f"sqlite:///{tmp_path / 'g.sqlite3'}")
+    a_raw, a_id = make(subject="Logo", sender="ana@x.example")
+    b_raw, b_id = make(subject="Colours", sender="ana@x.example")
+    # c replies to both a and b: the two threads become one
+    c_raw, _ = make(
+        subject="Re: Logo", sender="ana@x.example", reply_to_msg=b_id, references=[a_id]
+    )
+    d_raw, _ = make(subject="Unrelated", sender="bob@y.example")
+    with store.session() as s:
+        first = threads.assign_batch(s, "a", [(parse_message(a_raw), "ha", None)])
+    with store.session() as s:
+        batch = threads.assign_batch(
+            s,
+            "a",
+            [(parse_message(r), h, None) for r, h in ((c_raw, "hc"), (b_raw, "hb"), (d_raw, "hd"))],
+        )
+    store.close()
+    t_c, t_b, t_d = batch
+    assert t_c == t_b == first[0]
+    assert t_d != t_c
