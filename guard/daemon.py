@@ -46,6 +46,14 @@ log = logging.getLogger("inbox-guard")
 STOP_GRACE = 7.0  # seconds a running batch may take to finish after SIGTERM
 NETWORK_BACKOFF = (5.0, 2.0)  # first delay, factor (capped at the poll interval)
 LOGIN_BACKOFF = (300.0, 2.0, 3600.0)  # first delay, factor, cap
+IDLE_RENEW = 300.0  # seconds in one IDLE before it is renewed (RFC 2177 allows < 29 min)
+
+
+def _one_line(exc: BaseException) -> str:
+    from guard.imap import ImapError
+
+    text = str(exc) if isinstance(exc, ImapError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:200]
 
 
 # --------------------------------------------------------------------------- systemd
@@ -228,6 +236,57 @@ class Daemon:
         except Exception as exc:
             log.error("digest catch-up failed: %s", st.describe_error(exc))
 
+    # -- IMAP IDLE ------------------------------------------------------------------
+
+    def idle_loop(self) -> None:
+        """Wait in IDLE on INBOX and start a scan as soon as the server reports new mail.
+
+        The poll keeps running as the fallback. The IDLE is renewed every
+        ``IDLE_RENEW`` seconds, which also proves the connection is alive: a connection
+        that died without a FIN fails that round trip within ``imap.timeout`` and is
+        replaced (with backoff) instead of waiting forever.
+        """
+        failures = 0
+        while not self.stopping.is_set():
+            conn = Connection(ScanSettings.from_config(self.config).server)
+            try:
+                conn.open()
+                if "IDLE" not in conn.capabilities:
+                    log.warning("the server does not support IDLE: polling only")
+                    return
+                conn.select("INBOX", readonly=True)
+                if failures:
+                    log.info("IDLE connection restored")
+                failures = 0
+                self._idle_session(conn)
+            except Exception as exc:
+                if self.stopping.is_set():
+                    break
+                failures += 1
+                delay = min(NETWORK_BACKOFF[0] * NETWORK_BACKOFF[1] ** (failures - 1), 300.0)
+                log.error("IDLE connection failed: %s; retrying in %.0f s", _one_line(exc), delay)
+                self.stopping.wait(delay)
+            finally:
+                conn.close()
+
+    def _idle_session(self, conn: Connection) -> None:
+        client = conn.client
+        assert client is not None
+        while not self.stopping.is_set():
+            client.idle()
+            renew_at = time.monotonic() + IDLE_RENEW
+            new_mail = False
+            while not self.stopping.is_set() and time.monotonic() < renew_at:
+                for response in client.idle_check(timeout=1.0):
+                    if len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT"):
+                        new_mail = True
+                if new_mail:
+                    break
+            client.idle_done()  # a round trip: raises if the connection is dead
+            if new_mail:
+                log.info("IDLE: new mail, scanning now")
+                self.scheduler.modify_job("scan", next_run_time=datetime.now(UTC))
+
     def watchdog_job(self) -> None:
         sd_notify("WATCHDOG=1", self.env)
 
@@ -318,6 +377,8 @@ class Daemon:
         sd_notify("READY=1", self.env)
         self._status()
         self._catch_up_digest()
+        if self.config.schedule.idle:
+            threading.Thread(target=self.idle_loop, name="idle", daemon=True).start()
         while not self.stopping.is_set():
             self.stopping.wait(0.5)
             if self.reload_requested.is_set():
