@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import re
+import secrets
 import smtplib
 import socket
 import ssl
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, parseaddr
 from pathlib import Path
 
 import jinja2
@@ -119,7 +120,7 @@ _HOST = rf"(?:{_LABEL}{_DOT})+{_TLD}"
 _IPV4 = r"\d{1,3}(?:" + _DOT + r"\d{1,3}){3}"
 _DEFANG = re.compile(
     # a URL with an authority: scheme://[user@]host[:port] then the rest up to white space
-    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+-]{0,30})://(?P<authority>[^\s/?#<>\"'`\\]*)"
+    r"(?P<scheme>(?<![a-zA-Z])[a-zA-Z][a-zA-Z0-9+-]{0,30})://(?P<authority>[^\s/?#<>\"'`\\]*)"
     r"(?P<rest>[^\s<>\"'`]*)"
     # schemes that run code or carry a document without "//"
     r"|(?P<pseudo>\b(?i:javascript|vbscript|data(?=:\w+/)))\s*:"
@@ -179,10 +180,8 @@ def defang(text: str) -> str:
     return text
 
 
-def safe_text(text: str | None, limit: int = MAX_SNIPPET) -> str:
-    """Mail-supplied text as one safe line: escape sequences and control, bidi and
-    invisible characters removed, white space collapsed, shortened to ``limit``
-    characters (with "…"), then :func:`defang`-ed. HTML escaping is the template's job."""
+def _plain(text: str | None, limit: int) -> str:
+    """One line without escape sequences, control, bidi or invisible characters."""
     if not text:
         return ""
     text = _ANSI.sub("", text)
@@ -191,7 +190,14 @@ def safe_text(text: str | None, limit: int = MAX_SNIPPET) -> str:
     text = _SPACES.sub(" ", text).strip()
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
-    return defang(text)
+    return text
+
+
+def safe_text(text: str | None, limit: int = MAX_SNIPPET) -> str:
+    """Mail-supplied text as one safe line: escape sequences and control, bidi and
+    invisible characters removed, white space collapsed, shortened to ``limit``
+    characters (with "…"), then :func:`defang`-ed. HTML escaping is the template's job."""
+    return defang(_plain(text, limit))
 
 
 # --------------------------------------------------------------------------- advice
@@ -368,11 +374,14 @@ def _settled_end(session: Session, account: str, now: datetime) -> datetime:
     """The end of the period: ``now``, or the start of a scan that is still running.
 
     A scan stamps ``thread.updated_at`` when it processes a batch but commits a little
-    later; a thread stamped before ``now`` and committed after this read would fall
-    between two digests. So while the account's latest scan run is unfinished, the period
-    ends where that run started: whatever it changes goes into the next digest. Scans of
-    one account never overlap (scan lock), so only the latest run can be in progress; one
-    unfinished for longer than RUN_STALE_AFTER crashed and is ignored.
+    later; a thread stamped before ``now`` and committed after the digest read it would
+    fall between two digests. So while the account's latest scan run is unfinished, the
+    period ends where that run started: whatever it changes goes into the next digest.
+    Call it before reading the threads: a run's row is committed before it stamps
+    anything, and a later read only sees more, so every stamp at or before the returned
+    end is visible to that read. Scans of one account never overlap (scan lock), so only
+    the latest run can be in progress; one unfinished for longer than RUN_STALE_AFTER
+    crashed and is ignored.
     """
     stmt = (
         select(st.ScanRun)
@@ -443,7 +452,7 @@ def _thread_view(
         for f in findings.get(m.id or -1, []):
             if f.rule not in explanations and f.explanation.strip():
                 explanations[f.rule] = Explanation(
-                    rule=safe_text(f.rule, 80),
+                    rule=_plain(f.rule, 80),
                     category=f.category,
                     title=CATEGORY_TITLES.get(f.category, safe_text(f.category, 40)),
                     text=safe_text(_prose(f.explanation), 1000),
@@ -463,7 +472,7 @@ def _thread_view(
                 direction="out" if m.direction == "out" else "in",
                 sender=_sender(m),
                 subject=safe_text(m.subject, MAX_SUBJECT) or "(no subject)",
-                folder=safe_text(m.folder, 80),
+                folder=_plain(m.folder, 80),  # "INBOX.Sent" is a folder, not a host
                 risk=m.risk if m.risk in LEVELS else "none",
                 new=new,
                 evidence=tuple(evidence),
@@ -556,7 +565,7 @@ def _wrap(text: str, width: int = 76, indent: str = "", first: str | None = None
         width=width,
         initial_indent=indent if first is None else first,
         subsequent_indent=indent,
-        break_long_words=True,
+        break_long_words=False,  # a long (defanged) URL stays in one piece
         break_on_hyphens=False,
     )
 
@@ -639,20 +648,23 @@ def _build_locked(
     store: st.Store, config: Config, settings: DigestSettings, account: str, now: datetime
 ) -> st.Digest | None:
     with store.session() as session:
-        # One read snapshot for the end, the start and the content (see _settled_end).
-        end = _settled_end(session, account, now)
+        end = _settled_end(session, account, now)  # first: see its docstring
         start = period_start(session, account)
         if start is not None and end <= start:
             return None
         rendered = render_digest(select_digest(session, config, account, start, end))
-        send = rendered.threads > 0 or settings.send_empty
+    send = rendered.threads > 0 or settings.send_empty
+    # Written in a transaction of its own: upgrading the read snapshot to a write would
+    # fail on SQLite (SQLITE_BUSY_SNAPSHOT) if a scan committed meanwhile. The digest lock
+    # keeps other digest runs from inserting a row in between.
+    with store.session() as session:
         row = st.Digest(
             account=account,
             period_start=start,
             period_end=end,
             recipient=settings.to,
             subject=rendered.subject,
-            message_id=_new_message_id(settings.from_addr),
+            message_id=_new_message_id(settings.from_addr, now),
             text_body=rendered.text,
             html_body=rendered.html,
             threads=rendered.threads,
@@ -663,15 +675,17 @@ def _build_locked(
     return row
 
 
-def _new_message_id(from_addr: str) -> str:
+def _new_message_id(from_addr: str, now: datetime) -> str:
+    """``<digest-20261121T070000-<random>@<from domain>>``: unique, and short enough that
+    the header is never folded (a folded Message-ID trips some parsers)."""
     domain = parseaddr(from_addr)[1].rpartition("@")[2].strip().rstrip(".")
     try:
         domain = domain.encode("idna").decode("ascii") if domain else ""
     except UnicodeError:
         domain = ""
-    if not re.fullmatch(r"[A-Za-z0-9.-]+", domain):
+    if not re.fullmatch(r"[A-Za-z0-9.-]{1,60}", domain):
         domain = "inbox-guard.invalid"
-    return make_msgid(idstring="inbox-guard-digest", domain=domain)
+    return f"<digest-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(6)}@{domain}>"
 
 
 # --------------------------------------------------------------------------- when it is due
@@ -750,7 +764,9 @@ class DigestRun:
         parts = []
         if self.built is not None:
             what = "empty, not sent" if self.built.status == "empty" else "pending"
-            parts.append(f"digest {self.built.id} built ({self.built.threads} threads, {what})")
+            n = self.built.threads
+            noun = "thread" if n == 1 else "threads"
+            parts.append(f"digest {self.built.id} built ({n} {noun}, {what})")
         if self.results:
             parts.append(summarize(self.results))
         return "; ".join(parts) or "nothing to do"
@@ -792,7 +808,7 @@ class _Redactor:
 
     def add(self, *values: str) -> None:
         for value in values:
-            if len(value) < 4:
+            if not value:
                 continue
             raw = value.encode()
             self._forms += [value, base64.b64encode(raw).decode(), raw.hex()]
@@ -805,7 +821,7 @@ class _Redactor:
 
 def _server_text(resp: bytes | str, redact: _Redactor) -> str:
     text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
-    return safe_text(redact(text), 200)
+    return _plain(redact(text), 200)
 
 
 def _enhanced(resp: bytes | str) -> str:
@@ -820,7 +836,7 @@ def _describe(exc: BaseException, smtp: SmtpSettings, redact: _Redactor, doing: 
     where = f"{smtp.host}:{smtp.port}"
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return (
-            f"SMTP login as {safe_text(smtp.username or '', 100)} refused by {where} "
+            f"SMTP login as {_plain(smtp.username, 100)} refused by {where} "
             f"({exc.smtp_code}{_enhanced(exc.smtp_error)}); check the {smtp.SECTION} password"
         )
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
@@ -832,7 +848,7 @@ def _describe(exc: BaseException, smtp: SmtpSettings, redact: _Redactor, doing: 
         reply = f"{exc.smtp_code} {_server_text(exc.smtp_error, redact)}"
         return f"{where} refused {doing}: {reply}"
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return f"{where}: {safe_text(redact(str(exc)), 200)} ({doing})"
+        return f"{where}: {_plain(redact(str(exc)), 200)} ({doing})"
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return f"{where} closed the connection while {doing}"
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -842,13 +858,15 @@ def _describe(exc: BaseException, smtp: SmtpSettings, redact: _Redactor, doing: 
     if isinstance(exc, ssl.SSLError):
         return f"TLS with {where} failed while {doing}: {exc.reason or type(exc).__name__}"
     if isinstance(exc, smtplib.SMTPException):
-        return f"SMTP error with {where} while {doing}: {safe_text(redact(str(exc)), 200)}"
+        return f"SMTP error with {where} while {doing}: {_plain(redact(str(exc)), 200)}"
     if isinstance(exc, TimeoutError):
         return f"{where} did not answer within {smtp.timeout:g} s while {doing}"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {smtp.host}: {exc.strerror or exc}"
     if isinstance(exc, OSError):
         return f"cannot reach {where} while {doing}: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, UnicodeError):  # its text would quote a character of the password
+        return f"cannot send non-ASCII text to {where} while {doing} (user name or password?)"
     return f"{type(exc).__name__} while {doing}"
 
 
@@ -889,7 +907,7 @@ def _open(smtp: SmtpSettings, redact: _Redactor) -> smtplib.SMTP:
     except ConfigError as exc:  # the secret could not be fetched; the text names no secret
         _close(client)
         raise _SendFailure(str(exc), connection_lost=True) from None
-    except (smtplib.SMTPException, OSError) as exc:
+    except (smtplib.SMTPException, OSError, UnicodeError) as exc:
         _close(client)
         raise _SendFailure(_describe(exc, smtp, redact, doing), connection_lost=True) from None
 
@@ -992,7 +1010,7 @@ def _send_rows(
         envelope_to = parseaddr(row.recipient)[1]
         try:
             client.send_message(message, from_addr=envelope_from, to_addrs=[envelope_to])
-        except (smtplib.SMTPException, OSError) as exc:
+        except (smtplib.SMTPException, OSError, UnicodeError) as exc:
             line = _describe(exc, smtp, redact, "sending the digest")
             results.append(_record_failure(store, row, line))
             if _connection_lost(exc):
