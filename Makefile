@@ -9,9 +9,13 @@ CORPUS ?= tests/fixtures/demo
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y --no-install-recommends python3-venv && $(PYTHON) -m venv $(VENV); }
 
-install: $(BIN)/python
+install: $(VENV)/.installed
+
+# Reinstall only when the project's metadata changed (the install is editable).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
 
 test-servers:
 	tests/support/install-test-servers
@@ -24,8 +28,8 @@ lint: install
 	$(BIN)/ruff format --check guard tests benchmarks
 	$(BIN)/mypy guard
 
-demo: install
-	$(BIN)/inbox-guard check $(CORPUS)
+demo: install test-servers
+	$(BIN)/python tests/support/demo.py $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/check_throughput.py

@@ -599,6 +599,56 @@ def doctor(config_path: ConfigOption = None) -> None:
     out.write("all checks passed\n")
 
 
+# --------------------------------------------------------------------------- digest
+
+
+@app.command()
+def digest(
+    config_path: ConfigOption = None,
+    send: Annotated[
+        bool,
+        typer.Option("--send", help="Build today's digest, store it and send what is pending."),
+    ] = False,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Print the digest without storing or sending it.")
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", metavar="DATE", help="Preview from DATE (or 7d, 12h) instead of the last."
+        ),
+    ] = None,
+    html: Annotated[bool, typer.Option("--html", help="Print the HTML part instead.")] = False,
+) -> None:
+    """Print the digest of what was found since the last one, or send it."""
+    from guard import digest as dg
+    from guard.store import StoreError
+
+    if send and (preview or since):
+        fail("--send cannot be combined with --preview or --since")
+    config = _load_config(config_path)
+    store = _open_store(config)
+    try:
+        if send:
+            if config.digest is None or config.smtp is None:
+                fail("--send needs [digest] and [smtp] in the configuration")
+            outcome = dg.run_digest(store, config)
+            sys.stdout.write(clean(str(outcome)) + "\n")
+            if not outcome.ok:
+                raise typer.Exit(1)
+            return
+        rendered = dg.preview(store, config, since=_parse_since(since))
+        sys.stdout.write(f"Subject: {clean(rendered.subject)}\n\n")
+        sys.stdout.write(rendered.html if html else clean(rendered.text, multiline=True))
+        sys.stdout.write("\n")
+    except dg.DigestError as exc:
+        fail(str(exc), 1)
+    except StoreError as exc:
+        fail(str(exc), 1)
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- findings
 
 
@@ -690,6 +740,7 @@ def _thread_record(thread: Any, members: list[Any], found: dict[int, list[Any]])
                 "date": _iso(m.date),
                 "direction": m.direction,
                 "from": m.sender,
+                "to": [a for a in m.recipients.split(",") if a],
                 "subject": m.subject,
                 "risk": m.risk,
                 "categories": m.category_list,
@@ -720,9 +771,9 @@ def _print_thread(record: dict[str, Any]) -> None:
         f"  thread {record['thread']}  categories: {cats}\n"
     )
     for m in record["messages"]:
-        arrow = "to" if m["direction"] == "out" else "from"
+        who = f"to {', '.join(m['to'][:3])}" if m["direction"] == "out" else f"from {m['from']}"
         out.write(
-            f"  {m['date'] or '(no date)'}  {arrow} {clean(m['from'])}  "
+            f"  {m['date'] or '(no date)'}  {clean(who)}  "
             f"[{m['risk']}] {clean(m['folder'])}#{m['uid']}\n"
         )
         for f in m["findings"]:

@@ -183,7 +183,10 @@ class Daemon:
             summary.label_mode,
         )
         self._status()
-        self._retry_pending_digest()
+        if self.scans == 1:  # the first scan has filled the store: a missed digest can go
+            self._catch_up_digest()
+        else:
+            self._retry_pending_digest()
 
     def _scan_failed(self, exc: ScanError) -> None:
         self.failures += 1
@@ -207,9 +210,11 @@ class Daemon:
         from guard import digest
 
         try:
-            digest.run_digest(self.store, self.config, "default")
+            outcome = digest.run_digest(self.store, self.config, "default")
         except Exception as exc:  # one bad day must not stop the service
             log.error("digest failed: %s", st.describe_error(exc))
+            return
+        log.log(logging.INFO if outcome.ok else logging.ERROR, "%s", outcome)
 
     def _retry_pending_digest(self) -> None:
         if self.config.digest is None:
@@ -220,7 +225,9 @@ class Daemon:
             with self.store.session() as session:
                 pending = st.pending_digests(session, "default")
             if pending:
-                digest.send_pending(self.store, self.config, "default")
+                results = digest.send_pending(self.store, self.config, "default")
+                failed = any(not r.sent or r.error for r in results)
+                log.log(logging.ERROR if failed else logging.INFO, "%s", digest.summarize(results))
         except Exception as exc:
             log.error("digest retry failed: %s", st.describe_error(exc))
 
@@ -376,7 +383,6 @@ class Daemon:
         )
         sd_notify("READY=1", self.env)
         self._status()
-        self._catch_up_digest()
         if self.config.schedule.idle:
             threading.Thread(target=self.idle_loop, name="idle", daemon=True).start()
         while not self.stopping.is_set():

@@ -30,7 +30,7 @@ import smtplib
 import socket
 import ssl
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -1121,3 +1121,18 @@ def _digest_lock(store: st.Store, account: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def check_smtp(config: Config, env: Mapping[str, str] | None = None) -> str:
+    """Connect, secure and log in to ``[smtp]`` without sending anything (for ``doctor``).
+    Raises :class:`DigestError` with one clean line on failure."""
+    del env  # secrets are resolved by the settings themselves
+    _settings, smtp = _digest_settings(config)
+    try:
+        client = _open(smtp, _Redactor())
+    except _SendFailure as exc:
+        raise DigestError(exc.line) from None
+    _close(client)
+    how = {"implicit": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[smtp.tls]
+    who = f" as {smtp.username}" if smtp.username else ""
+    return f"{smtp.host}:{smtp.port} ({how}) accepted the login{who}"

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -230,3 +231,57 @@ def test_idle_labels_new_mail_long_before_the_next_poll(
     d.wait_for(lambda: bool(keywords(mailbox, uid)), timeout=60, what="IDLE-triggered scan")
     assert any("IDLE: new mail" in line for line in d.lines)
     assert d.stop()[0] == 0
+
+
+def digest_config(sink: Any) -> str:
+    return (
+        "[smtp]\n"
+        'host = "127.0.0.1"\n'
+        f"port = {sink.port}\n"
+        'tls = "starttls"\n'
+        f"username = {json.dumps(sink.username)}\n"
+        'password_file = "smtp-password"\n'
+        f"ca_file = {json.dumps(str(sink.ca_file))}\n"
+        "timeout = 5\n"
+        "[digest]\n"
+        'to = "alex@personal.example"\n'
+        'from = "guard@work.example"\n'
+        'time = "00:00"\n'
+        'timezone = "UTC"\n'
+    )
+
+
+def test_digest_missed_at_start_is_sent_once_even_when_smtp_is_down_first(
+    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon], smtp_sink: Any
+) -> None:
+    (tmp_path / "smtp-password").write_text(smtp_sink.password + "\n")
+    (tmp_path / "smtp-password").chmod(0o600)
+    smtp_sink.stop()  # down at digest time
+    _raw, _ = risky_payment(subject="Landing page budget")
+    mailbox.save(_raw)
+    config = write_config(tmp_path, mailbox, extra=digest_config(smtp_sink))
+    d = Daemon(config)
+    daemons.append(d)
+    mark = d.wait_log("not sent", timeout=60)
+    assert "will retry" in d.lines[mark]
+    db = tmp_path / "guard.sqlite3"
+    con = sqlite3.connect(db)
+    assert con.execute("select status from digest").fetchall() == [("pending",)]
+    con.close()
+
+    smtp_sink.start()  # back up: the next poll retries the pending digest
+    d.wait_log("sent to alex@personal.example", timeout=60, after=mark)
+    time.sleep(5)  # a few more poll cycles: nothing is sent twice
+    messages = smtp_sink.messages
+    assert len(messages) == 1
+    msg = messages[0].message
+    assert msg.is_multipart()
+    types = {part.get_content_type() for part in msg.walk()}
+    assert {"text/plain", "text/html"} <= types
+    text = msg.get_body(preferencelist=("plain",)).get_content()
+    html = msg.get_body(preferencelist=("html",)).get_content()
+    assert "Landing page budget" in text and "Landing page budget" in html
+    assert d.stop()[0] == 0
+    con = sqlite3.connect(db)
+    assert con.execute("select status, attempts from digest").fetchall() == [("sent", 2)]
+    con.close()
