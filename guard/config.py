@@ -179,7 +179,12 @@ def _non_empty(value: Any) -> Any:
 
 def _expand_home(text: str, env: Mapping[str, str]) -> str:
     if text == "~" or text.startswith("~/"):
-        home = env.get("HOME") or str(Path.home())
+        home = env.get("HOME")
+        if not home:
+            try:  # a systemd DynamicUser has no HOME and may have no passwd entry either
+                home = str(Path.home())
+            except (KeyError, RuntimeError):
+                home = "/nonexistent"
         return home + text[1:]
     return text
 
@@ -634,9 +639,12 @@ def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def config_candidates(env: Mapping[str, str] = os.environ) -> list[Path]:
-    """The files looked at, in order, when neither ``--config`` nor the variable is given."""
+    """The files looked at, in order, when neither ``--config`` nor the variable is given:
+    systemd's ``$CONFIGURATION_DIRECTORY`` (under a unit with ConfigurationDirectory=),
+    the user's XDG directory, then ``/etc/inbox-guard``."""
     user = _xdg_dir(env, "XDG_CONFIG_HOME", ".config") / "inbox-guard" / "config.toml"
-    return [user, SYSTEM_CONFIG_PATH]
+    unit = env.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    return [*([Path(unit) / "config.toml"] if unit else []), user, SYSTEM_CONFIG_PATH]
 
 
 def find_config_path(

@@ -787,3 +787,23 @@ def test_redacted_is_plain_data_keyed_like_the_file(tmp_path: Path, env: dict[st
     reloaded = load_text(tmp_path, "\n".join(lines) + "\n", env)
     assert reloaded == config
     assert tomllib.loads("\n".join(lines))  # stays TOML
+
+
+def test_systemd_configuration_directory_is_looked_at_first(tmp_path: Path) -> None:
+    from guard.config import find_config_path
+
+    unit_dir = tmp_path / "etc-unit"
+    unit_dir.mkdir()
+    (unit_dir / "config.toml").write_text("")
+    env = {"CONFIGURATION_DIRECTORY": str(unit_dir), "XDG_CONFIG_HOME": str(tmp_path / "x")}
+    assert find_config_path(None, env) == (unit_dir / "config.toml").absolute()
+
+
+def test_no_home_at_all_does_not_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guard import config as cfg
+
+    def no_home() -> Path:
+        raise KeyError("no passwd entry")
+
+    monkeypatch.setattr(cfg.Path, "home", staticmethod(no_home))
+    assert str(cfg.default_state_dir({})).startswith("/nonexistent")
