@@ -561,6 +561,24 @@ class ScheduleSettings(_Section):
     idle: bool = False
 
 
+class EvidenceSettings(_Section):
+    """``[evidence]``: which original messages are kept in the store, byte for byte."""
+
+    keep: Annotated[str, _one_of("risky", "all", "none")] = "risky"
+    """``risky``: every message of a flagged thread (kept for good); ``all``: every message
+    read; ``none``: no copies (export then needs the messages still on the server)."""
+
+
+class DraftSettings(_Section):
+    """``[drafts]``: polite decline drafts for off-platform requests (off by default)."""
+
+    enabled: bool = False
+    templates: _ConfigPath | None = None
+    """A directory with your own wording: ``decline.<lang>.txt`` (en, es, pt, fr, de, ru)."""
+    platform: _Text = "the platform"
+    """How the drafts name the marketplace, e.g. "Upwork"."""
+
+
 class Config(_Section):
     """The whole configuration. Sections that are absent get their defaults, except the
     optional ``[smtp]`` and ``[digest]``, which stay None (no digest is sent)."""
@@ -572,6 +590,8 @@ class Config(_Section):
     smtp: SmtpSettings | None = None
     digest: DigestSettings | None = None
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
+    drafts: DraftSettings = Field(default_factory=DraftSettings)
 
     _source: Path | None = PrivateAttr(default=None)
 

@@ -54,6 +54,7 @@ class ScanSettings:
     max_message_bytes: int = 25 * 1024 * 1024
     account: str = "default"
     lock_path: Path | None = None  # one scan at a time per store and account
+    evidence: str = "risky"  # risky | all | none: which originals are kept in the store
 
     @classmethod
     def from_config(cls, config: Config, account: str = "default") -> ScanSettings:
@@ -79,6 +80,7 @@ class ScanSettings:
             max_message_bytes=imap.max_message_bytes,
             account=account,
             lock_path=_lock_path(config, account),
+            evidence=config.evidence.keep,
         )
 
 
@@ -246,6 +248,7 @@ class _Scanner:
         self.written: dict[int, set[str]] = defaultdict(set)  # message pk -> spellings
         self.stop_requested: Callable[[], bool] = lambda: False
         self.stale_checked: dict[str, bool] = {}  # folder -> rows under another UIDVALIDITY
+        self.raw_cache: dict[tuple[str, int], bytes] = {}  # the current batch's originals
 
     # -- store units of work -------------------------------------------------------
 
@@ -416,9 +419,11 @@ class _Scanner:
         self, folder: str, selected: Selected, uids: Sequence[int], fs: FolderSummary
     ) -> None:
         judged = []
+        self.raw_cache = {}
         for fetched in self.conn.fetch(uids, self.s.max_message_bytes):
             fs.fetched += 1
             judged.append((fetched, *self.judge(fetched)))
+            self.raw_cache[(folder, fetched.uid)] = fetched.raw
         self.summary.commands = self.conn.commands
         direction = "out" if folder == self.sent_folder else "in"
         account = self.s.account
@@ -456,6 +461,8 @@ class _Scanner:
                 fs.new_messages += 1
                 if verdict.risk != "none" and level_at_least(verdict.risk, self.s.min_risk):
                     fs.risky += 1
+            if self.s.evidence == "all" and not self.dry_run:
+                st.add_evidence(session, [f.raw for f, *_rest in judged])
             session.flush()
             for row, verdict in added:
                 assert row.id is not None
@@ -619,6 +626,7 @@ class _Scanner:
         rows: list[st.StoredMessage],
         copies: dict[tuple[int, str], bool],
     ) -> None:
+        self.keep_evidence(folder, rows)
         # Copies left half-done by an interrupted scan: look before copying again.
         unsure = {(pk, target) for (pk, target), done in copies.items() if not done}
         if unsure:
@@ -650,6 +658,33 @@ class _Scanner:
                                 session.add(copy)
             for m in members:
                 self.written[m.id or 0].add(spelling)
+
+    def keep_evidence(self, folder: str, rows: list[st.StoredMessage]) -> None:
+        """Store the original bytes of messages about to be labelled (their thread is
+        flagged), before the labels: once labelled they are no longer pending, so the
+        originals must already be safe. Bytes of this batch are at hand; older messages
+        of the thread are fetched again (``BODY.PEEK[]``, one command)."""
+        if self.s.evidence == "none" or not rows:
+            return
+        with self.unit() as session:
+            missing = st.evidence_missing(session, [r.content_hash for r in rows])
+        if not missing:
+            return
+        raws: list[bytes] = []
+        refetch: list[int] = []
+        for row in rows:
+            if row.content_hash not in missing:
+                continue
+            raw = self.raw_cache.get((folder, row.uid))
+            if raw is not None:
+                raws.append(raw)
+            else:
+                refetch.append(row.uid)
+        if refetch:
+            for fetched in self.conn.fetch(sorted(set(refetch)), self.s.max_message_bytes):
+                raws.append(fetched.raw)
+        with self.unit() as session:
+            st.add_evidence(session, raws)
 
     def settle_unsure_copies(self, folder: str, unsure: set[tuple[int, str]]) -> None:
         with self.unit() as session:

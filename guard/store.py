@@ -187,6 +187,19 @@ class ScanRun(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)
 
 
+class Evidence(SQLModel, table=True):
+    """The original bytes of a message, as fetched, keyed by their SHA-256 (the same value
+    as ``message.content_hash``): deduplicated, and checkable by anyone who recomputes
+    the hash. Kept for good for flagged threads (see ``[evidence] keep``)."""
+
+    __tablename__ = "evidence"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int
+    data: bytes = Field(sa_type=sa.LargeBinary)
+    stored_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
 class Digest(SQLModel, table=True):
     """One daily digest: stored (both bodies) before it is sent, so none is lost or sent
     twice. ``status``: pending (to send or retry), sent, empty (nothing to report and
@@ -694,3 +707,39 @@ def pending_digests(session: Session, account: str) -> list[Digest]:
         .order_by(col(Digest.period_end))
     )
     return list(session.exec(stmt).all())
+
+
+def evidence_missing(session: Session, hashes: Sequence[str]) -> set[str]:
+    """Which of these content hashes have no stored original yet."""
+    wanted = set(hashes)
+    if not wanted:
+        return set()
+    have: set[str] = set()
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), 500):
+        stmt = select(Evidence.sha256).where(col(Evidence.sha256).in_(ordered[start : start + 500]))
+        have.update(session.exec(stmt).all())
+    return wanted - have
+
+
+def add_evidence(session: Session, raws: Iterable[bytes]) -> int:
+    """Store originals not stored yet; returns how many were added. The key is computed
+    here from the bytes themselves, so a row can never claim a hash it does not have."""
+    import hashlib
+
+    by_hash = {hashlib.sha256(raw).hexdigest(): raw for raw in raws}
+    missing = evidence_missing(session, list(by_hash))
+    if missing:
+        session.execute(
+            sa.insert(Evidence),
+            [
+                {"sha256": h, "size": len(by_hash[h]), "data": by_hash[h], "stored_at": utcnow()}
+                for h in sorted(missing)
+            ],
+        )
+    return len(missing)
+
+
+def evidence_bytes(session: Session, sha256: str) -> bytes | None:
+    row = session.get(Evidence, sha256)
+    return bytes(row.data) if row is not None else None

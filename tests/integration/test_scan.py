@@ -557,3 +557,31 @@ def test_second_concurrent_scan_is_refused(mailbox: MailAccount, tmp_path: Path)
     assert proc.returncode == 1 and "another scan" in proc.stderr
     assert not guard_keywords(mailbox.flags()[1])
     assert scan_json(config)["labelled"] == 1
+
+
+@pytest.mark.parametrize(("keep", "expected"), [("risky", 2), ("all", 3), ("none", 0)])
+def test_originals_of_flagged_threads_are_kept_byte_for_byte(
+    mailbox: MailAccount, tmp_path: Path, keep: str, expected: int
+) -> None:
+    import hashlib
+
+    first, fid = harmless(0, subject="Shop", sender="ana@client.example")
+    other, _ = harmless(1, subject="Other", sender="bob@other.example")
+    mailbox.save(first)
+    mailbox.save(other)
+    config = write_config(tmp_path, mailbox, evidence={"keep": keep})
+    scan_json(config)  # the first message is harmless when it is read
+    reply, _ = risky_payment(subject="Re: Shop", sender="ana@client.example", reply_to_msg=fid)
+    mailbox.save(reply)
+    scan_json(config)
+
+    rows = db_rows(config, "select sha256, data from evidence")
+    assert len(rows) == expected
+    for sha, data in rows:
+        assert hashlib.sha256(data).hexdigest() == sha  # exactly the bytes on the server
+    on_server = {hashlib.sha256(raw).hexdigest() for raw in mailbox.messages().values()}
+    assert {sha for sha, _ in rows} <= on_server
+    if keep == "risky":
+        kept = {sha for sha, _ in rows}
+        thread = db_rows(config, "select content_hash from message where subject like '%Shop'")
+        assert kept == {h for (h,) in thread}

@@ -776,7 +776,17 @@ def test_redacted_is_plain_data_keyed_like_the_file(tmp_path: Path, env: dict[st
     assert shown["digest"]["from"] == "inbox-guard <me@example.com>"
     assert shown["digest"]["time"] == "06:45"
     assert shown["imap"]["port"] == 993
-    assert set(shown) == {"imap", "labels", "store", "policy", "smtp", "digest", "schedule"}
+    assert set(shown) == {
+        "imap",
+        "labels",
+        "store",
+        "policy",
+        "smtp",
+        "digest",
+        "schedule",
+        "evidence",
+        "drafts",
+    }
     # It reads back as a valid configuration once the None values are dropped.
     lines = []
     for section, values in shown.items():
