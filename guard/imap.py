@@ -387,6 +387,17 @@ class Connection:
         assert self.client is not None
         self._call(f"UID COPY to {folder}", self.client.copy, list(uids), folder)
 
+    def append(self, folder: str, raw: bytes, flags: Sequence[str]) -> None:
+        """APPEND one message (the only thing the guard ever adds: a reply draft)."""
+        assert self.client is not None
+        self._call(
+            f"APPEND to {folder}",
+            self.client.append,
+            folder,
+            raw,
+            flags=[f.encode() for f in flags],
+        )
+
     def find_by_message_id(self, folder: str, message_id: str) -> bool:
         """Whether ``folder`` already holds a message with this Message-ID (EXAMINEs it;
         the caller re-selects its own folder afterwards)."""

@@ -30,9 +30,9 @@ from typing import Any
 
 from sqlmodel import Session
 
+from guard import drafts, threads
 from guard import labels as labelling
 from guard import store as st
-from guard import threads
 from guard.config import Config, default_state_dir
 from guard.imap import SENT, Connection, Fetched, ImapError, Selected, ServerSettings
 from guard.message import Message, parse_message
@@ -55,6 +55,9 @@ class ScanSettings:
     account: str = "default"
     lock_path: Path | None = None  # one scan at a time per store and account
     evidence: str = "risky"  # risky | all | none: which originals are kept in the store
+    drafts: bool = False  # write a decline draft for off-platform requests
+    drafts_platform: str = "the platform"
+    drafts_dir: Path | None = None
 
     @classmethod
     def from_config(cls, config: Config, account: str = "default") -> ScanSettings:
@@ -81,6 +84,9 @@ class ScanSettings:
             account=account,
             lock_path=_lock_path(config, account),
             evidence=config.evidence.keep,
+            drafts=config.drafts.enabled,
+            drafts_platform=config.drafts.platform,
+            drafts_dir=config.drafts.templates,
         )
 
 
@@ -133,6 +139,7 @@ class ScanSummary:
     planned: list[PlannedLabel] = field(default_factory=list)
     commands: int = 0
     fetch_commands: int = 0
+    drafts: int = 0
 
     @property
     def fetched(self) -> int:
@@ -156,6 +163,7 @@ class ScanSummary:
             "label_mode": self.label_mode,
             "dry_run": self.dry_run,
             "fetch_commands": self.fetch_commands,
+            "drafts": self.drafts,
         }
         if self.dry_run:
             out["would_label"] = [
@@ -249,6 +257,7 @@ class _Scanner:
         self.stop_requested: Callable[[], bool] = lambda: False
         self.stale_checked: dict[str, bool] = {}  # folder -> rows under another UIDVALIDITY
         self.raw_cache: dict[tuple[str, int], bytes] = {}  # the current batch's originals
+        self.draft_candidates: list[drafts.Candidate] = []
 
     # -- store units of work -------------------------------------------------------
 
@@ -458,6 +467,12 @@ class _Scanner:
                 session.add(row)
                 touched.add(thread_id)
                 added.append((row, verdict))
+                if self.s.drafts and direction == "in" and self.labels_level(verdict.risk):
+                    cand = drafts.candidate(
+                        thread_id, msg, verdict.categories, self.s.server.username
+                    )
+                    if cand is not None:
+                        self.draft_candidates.append(cand)
                 fs.new_messages += 1
                 if verdict.risk != "none" and level_at_least(verdict.risk, self.s.min_risk):
                     fs.risky += 1
@@ -468,6 +483,28 @@ class _Scanner:
                 assert row.id is not None
                 st.add_findings(session, row.id, verdict.findings)
             self.update_threads(session, account, touched)
+
+    def labels_level(self, risk: str) -> bool:
+        return risk != "none" and level_at_least(risk, self.s.min_risk)
+
+    def write_drafts(self) -> None:
+        if not self.s.drafts or self.dry_run or not self.draft_candidates:
+            return
+        # A thread id may have changed since (threads merge): use the current one.
+        with self.unit() as session:
+            for cand in self.draft_candidates:
+                refs = ["id:" + x for x in threads.keys_for(cand.message).own]
+                current = st.ref_map(session, self.s.account, refs)
+                if refs and refs[0] in current:
+                    cand.thread_id = current[refs[0]]
+        self.summary.drafts = drafts.write_drafts(
+            self.conn,
+            self.store,
+            self.s.account,
+            self.draft_candidates,
+            platform=self.s.drafts_platform,
+            user_dir=self.s.drafts_dir,
+        )
 
     def relocate(
         self, session: Session, folder: str, uidvalidity: int, fetched: Fetched
@@ -796,6 +833,7 @@ def _scan_locked(
                 break
             scanner.scan_folder(folder)
         scanner.finish_other_folders(folders)
+        scanner.write_drafts()
         if not scanner.summary.label_mode:
             scanner.resolve_mode(None)
         scanner.summary.commands = conn.commands

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(Exception):
@@ -200,6 +200,21 @@ class Evidence(SQLModel, table=True):
     stored_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
+class DraftRecord(SQLModel, table=True):
+    """One reply draft per thread, recorded before it is appended (``done`` after), so a
+    draft the user deleted is never created again."""
+
+    __tablename__ = "draft"
+
+    account: str = Field(primary_key=True, max_length=200)
+    thread_id: str = Field(primary_key=True, max_length=120)
+    message_id: str = Field(max_length=998)
+    folder: str = Field(max_length=500)
+    language: str = Field(max_length=5)
+    done: bool = False
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
 class Digest(SQLModel, table=True):
     """One daily digest: stored (both bodies) before it is sent, so none is lost or sent
     twice. ``status``: pending (to send or retry), sent, empty (nothing to report and
@@ -229,7 +244,18 @@ class Digest(SQLModel, table=True):
 
 # MIGRATIONS[n] brings a database from version n to n + 1.
 Migration = Callable[[Connection], None]
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """v2 adds the digest, evidence and draft tables (nothing existing changes)."""
+    SQLModel.metadata.create_all(
+        conn,
+        tables=[Digest.__table__, Evidence.__table__, DraftRecord.__table__],  # type: ignore[attr-defined]
+        checkfirst=True,
+    )
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def _current_version(conn: Connection) -> int | None:

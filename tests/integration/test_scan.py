@@ -585,3 +585,64 @@ def test_originals_of_flagged_threads_are_kept_byte_for_byte(
         kept = {sha for sha, _ in rows}
         thread = db_rows(config, "select content_hash from message where subject like '%Shop'")
         assert kept == {h for (h,) in thread}
+
+
+# --------------------------------------------------------------------------- drafts
+
+
+def test_decline_draft_for_an_off_platform_request_is_written_once(
+    mailbox: MailAccount, tmp_path: Path
+) -> None:
+    first, fid = harmless(0, subject="Tienda online", sender="Lucía Gómez <lucia@cliente.example>")
+    mailbox.save(first)
+    ask, ask_id = make(
+        sender="Lucía Gómez <lucia@cliente.example>",
+        to="Alex <alex@work.example>",
+        subject="Re: Tienda online",
+        body="Hola Alex, te puedo pagar directamente por PayPal para evitar las comisiones de la "
+        "plataforma. Mándame tu correo de PayPal y te envío la mitad hoy.",
+        reply_to_msg=fid,
+    )
+    mailbox.save(ask)
+    config = write_config(tmp_path, mailbox, drafts={"enabled": True, "platform": "Upwork"})
+    summary = scan_json(config)
+    assert summary["drafts"] == 1
+
+    drafts = mailbox.messages("Drafts")
+    assert len(drafts) == 1
+    uid, raw = next(iter(drafts.items()))
+    import email
+    from email import policy
+
+    draft = email.message_from_bytes(raw, policy=policy.default)
+    assert draft["To"].addresses[0].addr_spec == "lucia@cliente.example"
+    assert draft["From"].addresses[0].addr_spec == "alex@work.example"
+    assert draft["In-Reply-To"] == ask_id
+    assert fid in draft["References"] and ask_id in draft["References"]
+    assert draft["Subject"] == "Re: Tienda online"
+    body = draft.get_content()
+    assert "Upwork" in body and "Hola" in body  # Spanish, like the client
+    assert "\\Draft" in mailbox.flags("Drafts")[uid]
+
+    # Deleted by the user: never created again, even when the client insists.
+    with mailbox.session() as client:
+        client.select_folder("Drafts")
+        client.delete_messages([uid])
+        client.expunge()
+    again, _ = make(
+        sender="Lucía Gómez <lucia@cliente.example>",
+        to="alex@work.example",
+        subject="Re: Tienda online",
+        body="Insisto, te pago directo por PayPal y evitamos las comisiones.",
+        reply_to_msg=ask_id,
+    )
+    mailbox.save(again)
+    assert scan_json(config)["drafts"] == 0
+    assert mailbox.messages("Drafts") == {}
+
+
+def test_no_drafts_unless_enabled(mailbox: MailAccount, tmp_path: Path) -> None:
+    mailbox.save(risky_payment()[0])
+    config = write_config(tmp_path, mailbox)
+    assert scan_json(config)["drafts"] == 0
+    assert mailbox.messages("Drafts") == {}

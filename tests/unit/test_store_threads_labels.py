@@ -61,31 +61,58 @@ def test_foreign_database_is_refused(tmp_path: Path) -> None:
 
 def test_migrations_run_in_order_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "guard.sqlite3"
-    st.Store(f"sqlite:///{path}").close()  # a version-1 database
+    st.Store(f"sqlite:///{path}").close()  # a database at the current version
+    current = st.SCHEMA_VERSION
     calls: list[int] = []
 
     def add_column(conn: sa.Connection) -> None:
         calls.append(1)
         conn.execute(sa.text("ALTER TABLE message ADD COLUMN extra TEXT"))
 
-    monkeypatch.setitem(st.MIGRATIONS, 1, add_column)
+    monkeypatch.setitem(st.MIGRATIONS, current, add_column)
     engine = sa.create_engine(f"sqlite:///{path}")
-    assert st.migrate(engine, target=2) == 2
-    assert st.migrate(engine, target=2) == 2  # already there: nothing runs again
+    assert st.migrate(engine, target=current + 1) == current + 1
+    assert st.migrate(engine, target=current + 1) == current + 1  # nothing runs again
     engine.dispose()
     assert calls == [1]
     con = sqlite3.connect(path)
     cols = {r[1] for r in con.execute("pragma table_info(message)")}
     versions = [r[0] for r in con.execute("select version from schema_version order by version")]
-    assert "extra" in cols and versions == [1, 2]
+    assert "extra" in cols and versions == [current, current + 1]
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "guard.sqlite3"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    v2_tables = {"digest", "evidence", "draft"}
+    v1 = [t for name, t in st.SQLModel.metadata.tables.items() if name not in v2_tables]
+    st.SQLModel.metadata.create_all(engine, tables=v1)
+    with engine.begin() as conn:
+        conn.execute(sa.text("insert into schema_version values (1, '2026-11-01 00:00:00')"))
+        conn.execute(
+            sa.text(
+                "insert into folder_state (account, folder, uidvalidity, last_uid, updated_at)"
+                " values ('default', 'INBOX', 7, 42, '2026-11-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    store = st.Store(f"sqlite:///{path}")
+    assert store.version == st.SCHEMA_VERSION
+    with store.session() as s:
+        state = st.get_folder_state(s, "default", "INBOX")
+        assert state is not None and state.last_uid == 42  # existing data untouched
+        assert st.evidence_missing(s, ["ab"]) == {"ab"}  # the new tables work
+    store.close()
 
 
 def test_missing_migration_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "guard.sqlite3"
     st.Store(f"sqlite:///{path}").close()
     engine = sa.create_engine(f"sqlite:///{path}")
-    with pytest.raises(st.StoreError, match="no migration from schema version 1"):
-        st.migrate(engine, target=2)
+    with pytest.raises(
+        st.StoreError, match=f"no migration from schema version {st.SCHEMA_VERSION}"
+    ):
+        st.migrate(engine, target=st.SCHEMA_VERSION + 1)
     engine.dispose()
 
 
