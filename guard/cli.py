@@ -489,15 +489,29 @@ def scan(
         Format, typer.Option("--format", "-f", help="text or json (one summary object).")
     ] = Format.text,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+    account: Annotated[
+        str | None,
+        typer.Option("--account", metavar="NAME", help="Only this [[account]] (default: all)."),
+    ] = None,
 ) -> None:
-    """Run one poll cycle over the configured folders: fetch new mail, judge, label."""
+    """Run one poll cycle over the configured folders: fetch new mail, judge, label.
+
+    With several [[account]] blocks each mailbox is scanned in turn; --format json then
+    prints one summary object per line, each with its "account"."""
+    from guard.config import ConfigError
     from guard.scan import ScanError, ScanSettings
     from guard.scan import scan as run_scan
 
     _setup_logging(verbose)
     config = _load_config(config_path)
     ruleset = _load_rules(list(config.policy.rules))
-    settings = ScanSettings.from_config(config)
+    try:
+        names = (
+            [config.account_named(account).name] if account else [a.name for a in config.accounts]
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    several = len(config.accounts) > 1
     store = _open_store(config)
     progress = None
     bar = None
@@ -521,22 +535,43 @@ def scan(
             bar.update(tasks[name], completed=done)
 
         bar.start()
+    failures: list[tuple[str, ScanError]] = []
     try:
-        summary = run_scan(
-            settings, store, ruleset, dry_run=dry_run, only_folder=folder, progress=progress
-        )
-    except ScanError as exc:
+        for name in names:
+            try:
+                summary = run_scan(
+                    ScanSettings.from_config(config, name),
+                    store,
+                    ruleset,
+                    dry_run=dry_run,
+                    only_folder=folder,
+                    progress=progress,
+                )
+            except ScanError as exc:  # one failing mailbox does not stop the others
+                failures.append((name, exc))
+                continue
+            if bar is not None and name == names[-1]:
+                bar.stop()
+            record = summary.to_dict()
+            if several:
+                record = {"account": name, **record}
+            if fmt is Format.json:
+                sys.stdout.write(json_line(record) + "\n")
+            else:
+                if several:
+                    sys.stdout.write(f"[{clean(name)}]\n")
+                _print_scan_summary(summary)
+            sys.stdout.flush()
+    finally:
         if bar is not None:
             bar.stop()
-        fail(f"scan failed: {exc}", 2 if exc.kind == "config" else 1)
-    finally:
         store.close()
-    if bar is not None:
-        bar.stop()
-    if fmt is Format.json:
-        sys.stdout.write(json_line(summary.to_dict()) + "\n")
-        return
-    _print_scan_summary(summary)
+    for name, problem in failures:
+        who = f"[{name}] " if several else ""
+        error(f"{who}scan failed: {problem}")
+    if failures:
+        config_only = all(problem.kind == "config" for _n, problem in failures)
+        raise typer.Exit(2 if config_only else 1)
 
 
 def _print_scan_summary(summary: Any) -> None:
@@ -780,6 +815,189 @@ def _print_thread(record: dict[str, Any]) -> None:
             evidence = clean(f["evidence"])[:160]
             out.write(f"    - {f['rule']} ({f['category']}, {f['score']:g}): {evidence}\n")
     out.write("\n")
+
+
+# --------------------------------------------------------------------------- export and verify
+
+
+def _date_range(first: Any, last: Any) -> str:
+    if first is None:
+        return "(no date)"
+    start = first.strftime("%Y-%m-%d")
+    end = last.strftime("%Y-%m-%d") if last is not None else start
+    return start if start == end else f"{start}..{end}"
+
+
+def _list_threads(matches: Sequence[Any]) -> None:
+    several_accounts = len({m.account for m in matches}) > 1
+    for m in matches:
+        account = f" (account {clean(m.account)})" if several_accounts else ""
+        sys.stderr.write(
+            f"  {clean(m.thread_id)}{account}  {_date_range(m.first_date, m.last_date)}  "
+            f"{m.messages} message(s)  [{m.risk}]  {clean(m.subject)[:80] or '(no subject)'}\n"
+        )
+    sys.stderr.flush()
+
+
+@app.command()
+def export(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FILE.zip",
+            help="Where to write the bundle (created 0600, atomically).",
+            show_default=False,
+        ),
+    ],
+    thread: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[THREAD]",
+            help="A thread id as `inbox-guard findings` shows it, or a unique prefix of one.",
+            show_default=False,
+        ),
+    ] = None,
+    query: Annotated[
+        str | None,
+        typer.Option("--query", metavar="TEXT", help="Threads whose subject contains TEXT."),
+    ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            "--sender",
+            metavar="ADDR",
+            help="Threads with a message from or to ADDR (or @domain for a whole domain).",
+        ),
+    ] = None,
+    all_matches: Annotated[
+        bool, typer.Option("--all", help="Export every matching thread into one bundle.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace FILE.zip if it exists.")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """Write a dispute evidence bundle: every message of a thread as the original .eml,
+    a timeline (HTML and text) and a manifest of SHA-256 hashes that `verify` checks.
+
+    Exit status: 0 when every message is in the bundle; 1 when the bundle was written but
+    some message could not be obtained (each is named on stderr and listed as missing in
+    MANIFEST.json with the reason), or on a store or server failure; 2 on bad usage.
+    """
+    from guard import export as ex
+    from guard.store import StoreError
+
+    if thread is not None and (query is not None or sender is not None):
+        fail("give a THREAD id, or --query/--sender, not both")
+    if thread is None and query is None and sender is None:
+        fail("say which thread: a THREAD id (see `inbox-guard findings`), --query or --sender")
+    for name, value in (("THREAD", thread), ("--query", query), ("--sender", sender)):
+        if value is not None and not value.strip():
+            fail(f"{name} must not be empty")
+    if out.exists() and not force:
+        fail(f"'{out}' already exists (use --force to replace it)")
+    if out.is_dir():
+        fail(f"'{out}' is a directory")
+    if not out.parent.is_dir():
+        fail(f"cannot write '{out}': no such directory '{out.parent}'")
+    config = _load_config(config_path)
+    _quiet_libraries()
+    store = _open_store(config)
+    source = ex.ImapSource(config)
+    try:
+        with store.session() as session:
+            matches = ex.find_threads(
+                session,
+                thread=thread.strip() if thread is not None else None,
+                query=query,
+                sender=sender,
+            )
+        wanted = " and ".join(
+            f"{name} {value!r}"
+            for name, value in (("id", thread), ("subject", query), ("address", sender))
+            if value is not None
+        )
+        if not matches:
+            fail(f"no thread in the store matches {wanted} (`inbox-guard findings` lists them)")
+        if len(matches) > 1 and not all_matches:
+            error(
+                f"{len(matches)} threads match {wanted}: give one thread id, "
+                "or --all to export them all into one bundle"
+            )
+            _list_threads(matches)
+            raise typer.Exit(2)
+        result = ex.export_bundle(
+            store,
+            matches,
+            out,
+            source=source,
+            zone=ex.bundle_zone(config),
+            prefix_bytes=config.imap.max_message_bytes,
+            overwrite=force,
+        )
+    except ex.ExportError as exc:
+        fail(str(exc), 1)
+    except StoreError as exc:
+        fail(str(exc), 1)
+    finally:
+        source.close()
+        store.close()
+    for m in result.incomplete:
+        where = f"{m.folder} UID {m.uid}" + (f", {m.message_id}" if m.message_id else "")
+        what = "is missing from the bundle" if m.status == "missing" else "is only partly in it"
+        sys.stderr.write(
+            f"{PROG}: warning: message {m.number} ({clean(where)}) {what}: {clean(m.note)}\n"
+        )
+    total = len(result.messages)
+    sys.stdout.write(
+        f"wrote {clean(str(out))}: {result.included} of {total} message(s), "
+        f"{result.files} files; MANIFEST.json SHA-256 {result.manifest_sha256}\n"
+    )
+    sys.stdout.flush()
+    if result.incomplete:
+        error(
+            f"the bundle is incomplete: {len(result.incomplete)} of {total} message(s) "
+            "could not be included whole (listed in MANIFEST.json with the reason)"
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    bundle: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.zip", help="A bundle written by `export`.", show_default=False
+        ),
+    ],
+) -> None:
+    """Check an evidence bundle: recompute the SHA-256 of every file (nothing is extracted).
+
+    Exit status: 0 when every hash matches ("OK: N messages, M files verified"; M counts
+    every file of the bundle, the messages and both manifest files included); 1 when a
+    file was altered, is missing or was added (one line on stderr per problem, the first
+    altered/missing/extra file first); 2 when FILE.zip is not a readable zip at all.
+    """
+    from guard import export as ex
+
+    try:
+        report = ex.verify_bundle(bundle)
+    except ex.BundleError as exc:
+        fail(str(exc), 2)
+    for problem in report.problems:
+        error(problem)
+    if report.problems:
+        sys.stdout.write(f"FAILED: {len(report.problems)} problem(s) in {clean(str(bundle))}\n")
+        raise typer.Exit(1)
+    line = f"OK: {report.messages} messages, {report.files} files verified"
+    gaps = [
+        f"{n} message(s) listed as {what}"
+        for n, what in ((report.missing, "missing"), (report.partial, "partial"))
+        if n
+    ]
+    if gaps:
+        line += f" ({', '.join(gaps)} in MANIFEST.json)"
+    sys.stdout.write(line + "\n")
 
 
 # --------------------------------------------------------------------------- entry point

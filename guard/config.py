@@ -559,6 +559,8 @@ class ScheduleSettings(_Section):
     poll_interval: Annotated[int, BeforeValidator(_duration_seconds)] = 300
     """Seconds between polls; the file may say ``300`` or ``"5m"``."""
     idle: bool = False
+    max_parallel: Annotated[int, Field(ge=1, le=32)] = 2
+    """How many mailboxes are scanned at the same time (with several ``[[account]]``)."""
 
 
 class EvidenceSettings(_Section):
@@ -579,11 +581,44 @@ class DraftSettings(_Section):
     """How the drafts name the marketplace, e.g. "Upwork"."""
 
 
+def _account_name(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+        raise _problem(
+            "must be 1-63 letters, digits, '.', '_' or '-', starting with one of the first two"
+        )
+    return value
+
+
+class AccountSettings(_Section):
+    """One ``[[account]]``: a mailbox of its own, scanned and reported separately."""
+
+    name: Annotated[str, BeforeValidator(_account_name)]
+    imap: ImapSettings
+    labels: LabelSettings | None = None
+    """Label settings for this mailbox (default: the top-level ``[labels]``)."""
+    digest_to: Annotated[str | None, BeforeValidator(_email_address)] = None
+    """Where this mailbox's digest goes (default: ``digest.to``)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """A mailbox to guard, with the settings that apply to it."""
+
+    name: str
+    imap: ImapSettings
+    labels: LabelSettings
+    digest_to: str | None
+
+
 class Config(_Section):
     """The whole configuration. Sections that are absent get their defaults, except the
-    optional ``[smtp]`` and ``[digest]``, which stay None (no digest is sent)."""
+    optional ``[smtp]`` and ``[digest]``, which stay None (no digest is sent).
 
-    imap: ImapSettings
+    One mailbox is configured with ``[imap]``; several with ``[[account]]`` blocks (each
+    with a ``name`` and its own ``[account.imap]``) instead."""
+
+    imap: ImapSettings | None = None
+    account: Annotated[tuple[AccountSettings, ...], BeforeValidator(_as_tuple)] = ()
     labels: LabelSettings = Field(default_factory=LabelSettings)
     store: StoreSettings = Field(default_factory=lambda: StoreSettings.model_validate({}))
     policy: PolicySettings = Field(default_factory=PolicySettings)
@@ -605,6 +640,38 @@ class Config(_Section):
         if isinstance(data, dict):
             data = {**{name: {} for name in cls._CONTEXT_SECTIONS}, **data}
         return data
+
+    @model_validator(mode="after")
+    def _check_accounts(self) -> typing.Self:
+        if self.imap is None and not self.account:
+            raise _problem("missing section [imap] (or [[account]] blocks)")
+        if self.imap is not None and self.account:
+            raise _problem(
+                "use either [imap] for one mailbox or [[account]] blocks, not both", key="imap"
+            )
+        names = [a.name for a in self.account]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise _problem(
+                f"account names must be unique (repeated: {', '.join(dupes)})", key="account"
+            )
+        return self
+
+    @property
+    def accounts(self) -> tuple[Account, ...]:
+        """Every mailbox to guard; a single ``[imap]`` is the account named "default"."""
+        if self.imap is not None:
+            return (Account("default", self.imap, self.labels, None),)
+        return tuple(
+            Account(a.name, a.imap, a.labels or self.labels, a.digest_to) for a in self.account
+        )
+
+    def account_named(self, name: str) -> Account:
+        for acct in self.accounts:
+            if acct.name == name:
+                return acct
+        known = ", ".join(a.name for a in self.accounts)
+        raise ConfigError(f"no account named {name!r} (configured: {known})")
 
     @model_validator(mode="after")
     def _check_digest(self) -> typing.Self:
@@ -635,6 +702,10 @@ class Config(_Section):
         """
         data = self.model_dump(mode="json", by_alias=True)
         data["store"]["url"] = self.store.redacted_url
+        if not data.get("account"):
+            data.pop("account", None)  # the one-mailbox form
+        if data.get("imap") is None:
+            data.pop("imap", None)
         return data
 
 

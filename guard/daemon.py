@@ -25,12 +25,15 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import ClassVar
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -128,6 +131,22 @@ def setup_logging(verbose: bool = False, env: Mapping[str, str] = os.environ) ->
 # --------------------------------------------------------------------------- daemon
 
 
+@dataclass
+class AccountState:
+    """What the daemon knows about one mailbox between its scans."""
+
+    name: str
+    failures: int = 0
+    scans: int = 0
+    last_summary: ScanSummary | None = None
+    last_error: str | None = None
+    connections: dict[str, Connection] = field(default_factory=dict)  # "scan"/"idle" -> live
+
+    @property
+    def job_id(self) -> str:
+        return f"scan:{self.name}"
+
+
 class Daemon:
     def __init__(self, config_path: Path | None, env: Mapping[str, str] = os.environ) -> None:
         self.config_path = config_path
@@ -137,116 +156,147 @@ class Daemon:
         self.store = st.Store(self.config.store.url)
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
-        self.scan_now = threading.Event()
-        self.scheduler = BackgroundScheduler(timezone=UTC)
-        self.connection: Connection | None = None
-        self.failures = 0
-        self.last_summary: ScanSummary | None = None
-        self.last_error: str | None = None
-        self.scans = 0
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC, executors={"default": ThreadPoolExecutor(max_workers=32)}
+        )
+        self.states: dict[str, AccountState] = {}
+        self.parallel = threading.BoundedSemaphore(self.config.schedule.max_parallel)
+        self.idle_threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+
+    @property
+    def scans(self) -> int:
+        return sum(state.scans for state in self.states.values())
 
     # -- jobs ----------------------------------------------------------------------
 
-    def _control(self) -> ScanControl:
+    def _control(self, state: AccountState) -> ScanControl:
         def connected(conn: Connection | None) -> None:
-            self.connection = conn
+            if conn is None:
+                state.connections.pop("scan", None)
+            else:
+                state.connections["scan"] = conn
 
         return ScanControl(stop_requested=self.stopping.is_set, connected=connected)
 
-    def scan_job(self) -> None:
-        if self.stopping.is_set():
+    def scan_job(self, name: str) -> None:
+        """One poll of one mailbox. At most ``schedule.max_parallel`` run at once, so a
+        slow or failing mailbox never holds up the others for longer than its turn."""
+        state = self.states.get(name)
+        if state is None or self.stopping.is_set():
             return
-        with self._lock:
-            config, rules = self.config, self.rules
-        try:
-            summary = scan(
-                ScanSettings.from_config(config), self.store, rules, control=self._control()
+        with self.parallel:
+            if self.stopping.is_set():
+                return
+            with self._lock:
+                config, rules = self.config, self.rules
+            try:
+                settings = ScanSettings.from_config(config, name)
+                summary = scan(settings, self.store, rules, control=self._control(state))
+            except ScanError as exc:
+                self._scan_failed(state, exc)
+                return
+            except (st.StoreError, ConfigError) as exc:
+                self._scan_failed(state, ScanError(str(exc), kind="store"))
+                return
+        if state.failures:
+            log.info(
+                "%sscan recovered after %d failed attempt(s)", _who(config, name), state.failures
             )
-        except ScanError as exc:
-            self._scan_failed(exc)
-            return
-        except st.StoreError as exc:
-            self._scan_failed(ScanError(str(exc), kind="store"))
-            return
-        if self.failures:
-            log.info("scan recovered after %d failed attempt(s)", self.failures)
-        self.failures = 0
-        self.last_error = None
-        self.last_summary = summary
-        self.scans += 1
+        state.failures = 0
+        state.last_error = None
+        state.last_summary = summary
+        state.scans += 1
         log.info(
-            "scan: %d new, %d risky, %d labelled (%s)",
+            "%sscan: %d new, %d risky, %d labelled (%s)",
+            _who(config, name),
             summary.new_messages,
             summary.risky,
             summary.labelled,
             summary.label_mode,
         )
         self._status()
-        if self.scans == 1:  # the first scan has filled the store: a missed digest can go
-            self._catch_up_digest()
+        if state.scans == 1:  # the first scan has filled the store: a missed digest can go
+            self._catch_up_digest(name)
         else:
-            self._retry_pending_digest()
+            self._retry_pending_digest(name)
 
-    def _scan_failed(self, exc: ScanError) -> None:
-        self.failures += 1
-        self.last_error = str(exc)
+    def _scan_failed(self, state: AccountState, exc: ScanError) -> None:
+        state.failures += 1
+        state.last_error = str(exc)
         poll = float(self.config.schedule.poll_interval)
         if exc.kind in ("login", "config"):
             first, factor, cap = LOGIN_BACKOFF
-            delay = min(first * factor ** (self.failures - 1), max(cap, poll))
+            delay = min(first * factor ** (state.failures - 1), max(cap, poll))
         else:
             first, factor = NETWORK_BACKOFF
-            delay = min(first * factor ** (self.failures - 1), poll)
-        log.error("scan failed (%s): %s; retrying in %.0f s", exc.kind, exc, delay)
+            delay = min(first * factor ** (state.failures - 1), poll)
+        log.error(
+            "%sscan failed (%s): %s; retrying in %.0f s",
+            _who(self.config, state.name),
+            exc.kind,
+            exc,
+            delay,
+        )
         self._status()
         if not self.stopping.is_set():
             next_run = datetime.now(UTC) + timedelta(seconds=delay)
-            self.scheduler.modify_job("scan", next_run_time=next_run)
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.modify_job(state.job_id, next_run_time=next_run)
 
-    def digest_job(self) -> None:
+    def digest_job(self, name: str | None = None) -> None:
         if self.config.digest is None or self.stopping.is_set():
             return
         from guard import digest
 
-        try:
-            outcome = digest.run_digest(self.store, self.config, "default")
-        except Exception as exc:  # one bad day must not stop the service
-            log.error("digest failed: %s", st.describe_error(exc))
-            return
-        log.log(logging.INFO if outcome.ok else logging.ERROR, "%s", outcome)
+        for acct in self.config.accounts:
+            if name is not None and acct.name != name:
+                continue
+            try:
+                outcome = digest.run_digest(self.store, self.config, acct.name)
+            except Exception as exc:  # one bad day must not stop the service
+                log.error(
+                    "%sdigest failed: %s", _who(self.config, acct.name), st.describe_error(exc)
+                )
+                continue
+            level = logging.INFO if outcome.ok else logging.ERROR
+            log.log(level, "%s%s", _who(self.config, acct.name), outcome)
 
-    def _retry_pending_digest(self) -> None:
+    def _retry_pending_digest(self, name: str) -> None:
         if self.config.digest is None:
             return
         from guard import digest
 
         try:
             with self.store.session() as session:
-                pending = st.pending_digests(session, "default")
+                pending = st.pending_digests(session, name)
             if pending:
-                results = digest.send_pending(self.store, self.config, "default")
+                results = digest.send_pending(self.store, self.config, name)
                 failed = any(not r.sent or r.error for r in results)
-                log.log(logging.ERROR if failed else logging.INFO, "%s", digest.summarize(results))
+                level = logging.ERROR if failed else logging.INFO
+                log.log(level, "%s%s", _who(self.config, name), digest.summarize(results))
         except Exception as exc:
             log.error("digest retry failed: %s", st.describe_error(exc))
 
-    def _catch_up_digest(self) -> None:
+    def _catch_up_digest(self, name: str) -> None:
         if self.config.digest is None:
             return
         from guard import digest
 
         try:
-            if digest.due(self.store, self.config, "default", None):
-                log.info("digest: the last one was missed; sending it now")
-                self.digest_job()
+            if digest.due(self.store, self.config, name, None):
+                log.info(
+                    "%sdigest: the last one was missed; sending it now", _who(self.config, name)
+                )
+                self.digest_job(name)
         except Exception as exc:
             log.error("digest catch-up failed: %s", st.describe_error(exc))
 
     # -- IMAP IDLE ------------------------------------------------------------------
 
-    def idle_loop(self) -> None:
-        """Wait in IDLE on INBOX and start a scan as soon as the server reports new mail.
+    def idle_loop(self, name: str) -> None:
+        """Wait in IDLE on one mailbox's INBOX and start its scan as soon as the server
+        reports new mail.
 
         The poll keeps running as the fallback. The IDLE is renewed every
         ``IDLE_RENEW`` seconds, which also proves the connection is alive: a connection
@@ -254,29 +304,42 @@ class Daemon:
         replaced (with backoff) instead of waiting forever.
         """
         failures = 0
-        while not self.stopping.is_set():
-            conn = Connection(ScanSettings.from_config(self.config).server)
+        state = self.states[name]
+        while not self.stopping.is_set() and name in self.states:
+            try:
+                conn = Connection(ScanSettings.from_config(self.config, name).server)
+            except ConfigError:
+                return  # the account was removed by a reload
+            state.connections["idle"] = conn
             try:
                 conn.open()
                 if "IDLE" not in conn.capabilities:
-                    log.warning("the server does not support IDLE: polling only")
+                    log.warning(
+                        "%sthe server does not support IDLE: polling only", _who(self.config, name)
+                    )
                     return
                 conn.select("INBOX", readonly=True)
                 if failures:
-                    log.info("IDLE connection restored")
+                    log.info("%sIDLE connection restored", _who(self.config, name))
                 failures = 0
-                self._idle_session(conn)
+                self._idle_session(conn, state)
             except Exception as exc:
                 if self.stopping.is_set():
                     break
                 failures += 1
                 delay = min(NETWORK_BACKOFF[0] * NETWORK_BACKOFF[1] ** (failures - 1), 300.0)
-                log.error("IDLE connection failed: %s; retrying in %.0f s", _one_line(exc), delay)
+                log.error(
+                    "%sIDLE connection failed: %s; retrying in %.0f s",
+                    _who(self.config, name),
+                    _one_line(exc),
+                    delay,
+                )
                 self.stopping.wait(delay)
             finally:
+                state.connections.pop("idle", None)
                 conn.close()
 
-    def _idle_session(self, conn: Connection) -> None:
+    def _idle_session(self, conn: Connection, state: AccountState) -> None:
         client = conn.client
         assert client is not None
         while not self.stopping.is_set():
@@ -291,37 +354,57 @@ class Daemon:
                     break
             client.idle_done()  # a round trip: raises if the connection is dead
             if new_mail:
-                log.info("IDLE: new mail, scanning now")
-                self.scheduler.modify_job("scan", next_run_time=datetime.now(UTC))
+                log.info("%sIDLE: new mail, scanning now", _who(self.config, state.name))
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.modify_job(state.job_id, next_run_time=datetime.now(UTC))
 
     def watchdog_job(self) -> None:
         sd_notify("WATCHDOG=1", self.env)
 
     def _status(self) -> None:
-        if self.last_error:
-            text = f"scan failing ({self.failures}x): {self.last_error}"
-        elif self.last_summary is not None:
-            s = self.last_summary
-            at = datetime.now().strftime("%H:%M")
-            text = f"last scan {at}: {s.new_messages} new, {s.risky} risky, {s.labelled} labelled"
-        else:
-            text = "starting"
-        sd_notify("STATUS=" + text[:200], self.env)
+        parts = []
+        for state in self.states.values():
+            who = f"{state.name}: " if len(self.states) > 1 else ""
+            if state.last_error:
+                parts.append(f"{who}scan failing ({state.failures}x): {state.last_error}")
+            elif state.last_summary is not None:
+                s = state.last_summary
+                parts.append(
+                    f"{who}last scan {datetime.now().strftime('%H:%M')}: {s.new_messages} new, "
+                    f"{s.risky} risky, {s.labelled} labelled"
+                )
+        sd_notify("STATUS=" + ("; ".join(parts) or "starting")[:400], self.env)
 
     # -- scheduling ----------------------------------------------------------------
 
     def _schedule(self) -> None:
         config = self.config
-        self.scheduler.add_job(
-            self.scan_job,
-            IntervalTrigger(seconds=config.schedule.poll_interval, timezone=UTC),
-            id="scan",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            next_run_time=datetime.now(UTC),
-            replace_existing=True,
-        )
+        names = [a.name for a in config.accounts]
+        for gone in [n for n in self.states if n not in names]:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(self.states[gone].job_id)
+            del self.states[gone]
+        for name in names:
+            state = self.states.setdefault(name, AccountState(name))
+            existing = self.scheduler.get_job(state.job_id)
+            self.scheduler.add_job(
+                self.scan_job,
+                IntervalTrigger(seconds=config.schedule.poll_interval, timezone=UTC),
+                args=[name],
+                id=state.job_id,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=existing.next_run_time if existing else datetime.now(UTC),
+                replace_existing=True,
+            )
+            if config.schedule.idle and name not in self.idle_threads:
+                thread = threading.Thread(
+                    target=self.idle_loop, args=[name], name=f"idle:{name}", daemon=True
+                )
+                self.idle_threads[name] = thread
+                if self.scheduler.running:
+                    thread.start()
         if config.digest is not None:
             zone = config.digest.zone()
             self.scheduler.add_job(
@@ -375,16 +458,18 @@ class Daemon:
                 self.watchdog_job, IntervalTrigger(seconds=interval), id="watchdog"
             )
         self.scheduler.start()
-        log.info(
-            "inbox-guard running: %s as %s, every %d s",
-            self.config.imap.host,
-            self.config.imap.username,
-            self.config.schedule.poll_interval,
-        )
+        for thread in self.idle_threads.values():
+            thread.start()
+        for acct in self.config.accounts:
+            log.info(
+                "inbox-guard running: %s%s as %s, every %d s",
+                _who(self.config, acct.name),
+                acct.imap.host,
+                acct.imap.username,
+                self.config.schedule.poll_interval,
+            )
         sd_notify("READY=1", self.env)
         self._status()
-        if self.config.schedule.idle:
-            threading.Thread(target=self.idle_loop, name="idle", daemon=True).start()
         while not self.stopping.is_set():
             self.stopping.wait(0.5)
             if self.reload_requested.is_set():
@@ -405,15 +490,21 @@ class Daemon:
 
         threading.Thread(target=stop_scheduler, daemon=True).start()
         if not done.wait(STOP_GRACE):
-            conn = self.connection
-            if conn is not None and conn.client is not None:
-                log.warning("the server did not answer in time; closing the connection")
-                with contextlib.suppress(Exception):  # it may be closing already
-                    conn.client.shutdown()
+            for state in self.states.values():
+                conn = state.connections.get("scan")
+                if conn is not None and conn.client is not None:
+                    log.warning("the server did not answer in time; closing the connection")
+                    with contextlib.suppress(Exception):  # it may be closing already
+                        conn.client.shutdown()
             done.wait(2.0)
         self.store.close()
         log.info("stopped")
         return 0
+
+
+def _who(config: Config, name: str) -> str:
+    """A log prefix naming the mailbox, only when there are several."""
+    return f"[{name}] " if len(config.accounts) > 1 else ""
 
 
 def run(config_path: Path | None, verbose: bool = False) -> int:

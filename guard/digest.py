@@ -602,9 +602,14 @@ def _zone(config: Config) -> tzinfo:
     return datetime.now().astimezone().tzinfo or UTC
 
 
-def _digest_settings(config: Config) -> tuple[DigestSettings, SmtpSettings]:
+def _digest_settings(
+    config: Config, account: str = "default"
+) -> tuple[DigestSettings, SmtpSettings]:
     if config.digest is None or config.smtp is None:
         raise DigestError("no digest configured: add [digest] and [smtp] to the configuration")
+    override = next((a.digest_to for a in config.accounts if a.name == account), None)
+    if override:  # this mailbox's digest goes to its own recipient
+        return config.digest.model_copy(update={"to": override}), config.smtp
     return config.digest, config.smtp
 
 
@@ -639,7 +644,7 @@ def build_digest(
     looked at. Returns None when there is no period to cover (a digest already ends at or
     after ``now``). No SMTP traffic happens here.
     """
-    settings, _ = _digest_settings(config)
+    settings, _ = _digest_settings(config, account)
     with _digest_lock(store, account):
         return _build_locked(store, config, settings, account, _now(now))
 
@@ -971,7 +976,7 @@ def send_pending(store: st.Store, config: Config, account: str = "default") -> l
     result (``summarize(results)`` is one line for the journal). Raises
     :class:`DigestError` when no digest is configured or another run holds the lock.
     """
-    settings, smtp = _digest_settings(config)
+    settings, smtp = _digest_settings(config, account)
     with _digest_lock(store, account):
         return _send_locked(store, settings, smtp, account)
 
@@ -1079,7 +1084,7 @@ def run_digest(
 ) -> DigestRun:
     """The daily job: build the digest for the period since the last one, then send every
     pending digest (this one and any earlier one that failed)."""
-    settings, smtp = _digest_settings(config)
+    settings, smtp = _digest_settings(config, account)
     with _digest_lock(store, account):
         built = _build_locked(store, config, settings, account, _now(now))
         results = _send_locked(store, settings, smtp, account)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from guard.config import Config, ConfigError, ImapSettings, load_config
+from guard.config import Account, Config, ConfigError, ImapSettings, load_config
 from guard.imap import SENT, Connection, ImapError
 from guard.scan import ScanSettings
 
@@ -52,8 +52,12 @@ def run_checks(config_path: Path | None, env: Mapping[str, str] = os.environ) ->
         return
     yield Check("config", True, f"read {config.source}")
     yield from _rules(config)
-    secret_ok = yield from _secret(config, env)
-    yield from _imap(config, env, secret_ok)
+    several = len(config.accounts) > 1
+    for acct in config.accounts:
+        checks = _account_checks(config, acct, env)
+        if several:
+            checks = (Check(f"[{acct.name}] {c.name}", c.ok, c.detail, c.hint) for c in checks)
+        yield from checks
     yield from _database(config)
     yield from _smtp(config, env)
 
@@ -70,8 +74,13 @@ def _rules(config: Config) -> Iterator[Check]:
     yield Check("rules", True, f"{len(rules.text_rules)} text rules loaded{extra}")
 
 
-def _secret(config: Config, env: Mapping[str, str]) -> Generator[Check, None, bool]:
-    imap = config.imap
+def _account_checks(config: Config, acct: Account, env: Mapping[str, str]) -> Iterator[Check]:
+    secret_ok = yield from _secret(acct, env)
+    yield from _imap(config, acct, env, secret_ok)
+
+
+def _secret(acct: Account, env: Mapping[str, str]) -> Generator[Check, None, bool]:
+    imap = acct.imap
     what = "OAuth2 token" if imap.uses_oauth2 else "password"
     try:
         secret = imap.oauth2_token(env) if imap.uses_oauth2 else imap.password(env)
@@ -82,8 +91,10 @@ def _secret(config: Config, env: Mapping[str, str]) -> Generator[Check, None, bo
     return True
 
 
-def _imap(config: Config, env: Mapping[str, str], secret_ok: bool) -> Iterator[Check]:
-    imap = config.imap
+def _imap(
+    config: Config, acct: Account, env: Mapping[str, str], secret_ok: bool
+) -> Iterator[Check]:
+    imap = acct.imap
     try:
         infos = socket.getaddrinfo(imap.host, imap.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -102,7 +113,7 @@ def _imap(config: Config, env: Mapping[str, str], secret_ok: bool) -> Iterator[C
     if not secret_ok:
         yield Check("login", None, "skipped: no secret")
         return
-    settings = ScanSettings.from_config(config)
+    settings = ScanSettings.from_config(config, acct.name)
     conn = Connection(settings.server)
     try:
         conn.open()

@@ -62,7 +62,8 @@ class ScanSettings:
     @classmethod
     def from_config(cls, config: Config, account: str = "default") -> ScanSettings:
         """Settings for one account; secrets are read only when logging in."""
-        imap = config.imap
+        acct = config.account_named(account)
+        imap = acct.imap
         server = ServerSettings(
             host=imap.host,
             port=imap.port,
@@ -76,8 +77,8 @@ class ScanSettings:
         return cls(
             server=server,
             folders=tuple(imap.folders) if imap.folders else None,
-            label_mode=config.labels.mode,
-            label_prefix=config.labels.prefix,
+            label_mode=acct.labels.mode,
+            label_prefix=acct.labels.prefix,
             min_risk=config.policy.min_risk,
             batch_size=imap.batch_size,
             max_message_bytes=imap.max_message_bytes,

@@ -391,7 +391,9 @@ ERRORS = [
         id="bad-min-risk",
     ),
     pytest.param('[imap]\nusername = "me"\n', "imap.host: is required", id="missing-key"),
-    pytest.param("[labels]\n", "missing section [imap]", id="missing-section"),
+    pytest.param(
+        "[labels]\n", "missing section [imap] (or [[account]] blocks)", id="missing-section"
+    ),
     pytest.param('imap = "imap.example.com"\n', "imap: must be a table", id="not-a-table"),
     pytest.param(
         '[imap]\nhost = "imaps://imap.example.com"\nusername = "me"\n',
@@ -817,3 +819,47 @@ def test_no_home_at_all_does_not_crash(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(cfg.Path, "home", staticmethod(no_home))
     assert str(cfg.default_state_dir({})).startswith("/nonexistent")
+
+
+ACCOUNTS = """
+[[account]]
+name = "upwork"
+digest_to = "a@personal.example"
+[account.imap]
+host = "imap.one.example"
+username = "me@one.example"
+password_file = "secrets/one"
+
+[[account]]
+name = "fiverr"
+[account.imap]
+host = "imap.two.example"
+username = "me@two.example"
+[account.labels]
+prefix = "Safety"
+"""
+
+
+def test_several_accounts(tmp_path: Path, env: dict[str, str]) -> None:
+    config = load_text(tmp_path, ACCOUNTS, env)
+    names = [a.name for a in config.accounts]
+    assert names == ["upwork", "fiverr"]
+    upwork, fiverr = config.accounts
+    assert upwork.imap.password_file == tmp_path / "secrets" / "one"  # relative to the file
+    assert upwork.digest_to == "a@personal.example" and fiverr.digest_to is None
+    assert upwork.labels.prefix == "Guard" and fiverr.labels.prefix == "Safety"
+    assert config.account_named("fiverr").imap.host == "imap.two.example"
+    with pytest.raises(ConfigError, match="no account named 'x'"):
+        config.account_named("x")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL + ACCOUNTS, "use either [imap] for one mailbox or [[account]] blocks"),
+        (ACCOUNTS + ACCOUNTS, "account names must be unique (repeated: fiverr, upwork)"),
+        ('[[account]]\nname = "bad name"\n[account.imap]\nhost = "h"\nusername = "u"\n', "name"),
+    ],
+)
+def test_account_errors(tmp_path: Path, env: dict[str, str], text: str, message: str) -> None:
+    assert message in error_for(tmp_path, text, env)
