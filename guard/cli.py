@@ -875,6 +875,10 @@ def export(
         bool, typer.Option("--all", help="Export every matching thread into one bundle.")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace FILE.zip if it exists.")] = False,
+    account: Annotated[
+        str | None,
+        typer.Option("--account", metavar="NAME", help="Only threads of this [[account]]."),
+    ] = None,
     config_path: ConfigOption = None,
 ) -> None:
     """Write a dispute evidence bundle: every message of a thread as the original .eml,
@@ -894,10 +898,10 @@ def export(
     for name, value in (("THREAD", thread), ("--query", query), ("--sender", sender)):
         if value is not None and not value.strip():
             fail(f"{name} must not be empty")
-    if out.exists() and not force:
-        fail(f"'{out}' already exists (use --force to replace it)")
     if out.is_dir():
         fail(f"'{out}' is a directory")
+    if out.exists() and not force:
+        fail(f"'{out}' already exists (use --force to replace it)")
     if not out.parent.is_dir():
         fail(f"cannot write '{out}': no such directory '{out.parent}'")
     config = _load_config(config_path)
@@ -911,6 +915,7 @@ def export(
                 thread=thread.strip() if thread is not None else None,
                 query=query,
                 sender=sender,
+                account=account,
             )
         wanted = " and ".join(
             f"{name} {value!r}"
@@ -932,7 +937,7 @@ def export(
             out,
             source=source,
             zone=ex.bundle_zone(config),
-            prefix_bytes=config.imap.max_message_bytes,
+            prefix_bytes={a.name: a.imap.max_message_bytes for a in config.accounts},
             overwrite=force,
         )
     except ex.ExportError as exc:
