@@ -1,12 +1,14 @@
 """The ``inbox-guard`` command line.
 
-Commands: ``check`` (verdicts for message files, text or JSON Lines) and ``eval``
-(precision/recall of the rules on a labelled corpus). Later: ``scan``, ``run``,
-``digest``, ``doctor`` (they belong to the daemon and will be added as their modules land).
+Commands: ``check`` (verdicts for message files, text or JSON Lines), ``eval``
+(precision/recall of the rules on a labelled corpus), ``scan`` (one poll cycle of the
+mailbox), ``findings`` (what the store holds), ``run`` (the service), ``digest``,
+``doctor`` (checks every link), ``export`` / ``verify`` (dispute evidence bundles).
+The commands only parse arguments and print; the work is in the modules they call.
 
-Exit status: 0 when every input was read (whatever was found), 1 when the engine failed on
-a message (a bug; the other messages are still checked), 2 on unreadable input or bad
-usage, with a one-line ``inbox-guard: error: ...`` on stderr naming the file.
+Exit status: 0 on success, 1 when the work failed (a server, the store, an engine bug), 2
+on bad input, configuration or usage, with a one-line ``inbox-guard: error: ...`` on
+stderr naming what was wrong.
 Everything a message contains is untrusted: it never reaches rich markup, and control,
 format (bidi, zero-width) and other invisible characters are shown as escapes.
 """
