@@ -559,6 +559,9 @@ class ScheduleSettings(_Section):
     poll_interval: Annotated[int, BeforeValidator(_duration_seconds)] = 300
     """Seconds between polls; the file may say ``300`` or ``"5m"``."""
     idle: bool = False
+    idle_renew: Annotated[int, BeforeValidator(_duration_seconds)] = 300
+    """Seconds one IDLE lasts before it is renewed; the renewal's round trip is also what
+    notices a connection that died silently, so this bounds how long that can go unseen."""
     max_parallel: Annotated[int, Field(ge=1, le=32)] = 2
     """How many mailboxes are scanned at the same time (with several ``[[account]]``)."""
 

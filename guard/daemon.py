@@ -49,7 +49,6 @@ log = logging.getLogger("inbox-guard")
 STOP_GRACE = 7.0  # seconds a running batch may take to finish after SIGTERM
 NETWORK_BACKOFF = (5.0, 2.0)  # first delay, factor (capped at the poll interval)
 LOGIN_BACKOFF = (300.0, 2.0, 3600.0)  # first delay, factor, cap
-IDLE_RENEW = 300.0  # seconds in one IDLE before it is renewed (RFC 2177 allows < 29 min)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -299,9 +298,9 @@ class Daemon:
         reports new mail.
 
         The poll keeps running as the fallback. The IDLE is renewed every
-        ``IDLE_RENEW`` seconds, which also proves the connection is alive: a connection
-        that died without a FIN fails that round trip within ``imap.timeout`` and is
-        replaced (with backoff) instead of waiting forever.
+        ``schedule.idle_renew`` seconds, which also proves the connection is alive: a
+        connection that died without a FIN fails that round trip within ``imap.timeout``
+        and is replaced (with backoff) instead of waiting forever.
         """
         failures = 0
         state = self.states[name]
@@ -344,7 +343,7 @@ class Daemon:
         assert client is not None
         while not self.stopping.is_set():
             client.idle()
-            renew_at = time.monotonic() + IDLE_RENEW
+            renew_at = time.monotonic() + self.config.schedule.idle_renew
             new_mail = False
             while not self.stopping.is_set() and time.monotonic() < renew_at:
                 for response in client.idle_check(timeout=1.0):
