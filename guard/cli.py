@@ -1016,6 +1016,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:  # never die on a character the terminal cannot show
             reconfigure(errors="backslashreplace")
+    from guard.message import tune_allocator
+
+    tune_allocator()  # a glibc heap pad: HTML parsing stops faulting pages in per message
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -11,6 +11,7 @@ import binascii
 import codecs
 import contextlib
 import ctypes
+import email
 import email.utils
 import logging
 import os
@@ -27,6 +28,9 @@ from typing import Any
 
 import filetype
 import mailparser
+from mailparser.dates import date_diagnostics, parse_mail_date
+from mailparser.exceptions import MailParserRecursionError
+from mailparser.utils import get_addresses
 from selectolax.lexbor import LexborHTMLParser
 
 # mail-parser logs a warning for every part it does not handle itself; that is noise here.
@@ -664,14 +668,163 @@ def _auth_results(raw: str | None) -> AuthResults:
     )
 
 
-def _mailparser_defects(mail: Any, defects: _Defects) -> None:
+def _mailparser_notes(mail: Any) -> list[str]:
+    """mail-parser's defect records (``MailParser.defects``) as one line each."""
+    notes: list[str] = []
     for entry in mail.defects or ():
         if not isinstance(entry, dict):
-            defects.add(str(entry))
+            notes.append(str(entry))
             continue
-        for where, notes in entry.items():
-            for note in notes if isinstance(notes, list) else [notes]:
-                defects.add(f"{where}: {note}")
+        for where, found in entry.items():
+            for note in found if isinstance(found, list) else [found]:
+                notes.append(f"{where}: {note}")
+    return notes
+
+
+# --------------------------------------------------------------------------------------
+# Reading with mail-parser.
+
+
+class _Mail:
+    """What ``parse_message`` takes from mail-parser: the MIME tree, the address headers
+    and Date as mail-parser reads them, its defect notes, and (only after a recovery, see
+    :func:`_read_mail`) the body texts it decoded."""
+
+    __slots__ = ("addresses", "categories", "date", "message", "notes", "text_html", "text_plain")
+
+    def __init__(self, message: MimePart) -> None:
+        self.message = message
+        self.addresses: dict[str, list[tuple[str, str]]] = {}
+        self.date: datetime | None = None
+        self.notes: list[str] = []
+        self.categories: set[str] = set()
+        self.text_plain: list[Any] = []
+        self.text_html: list[Any] = []
+
+
+# The address headers the guard reads, in the order mail-parser reads them (sorted).
+_ADDRESS_HEADERS = ("cc", "from", "reply-to", "to")
+# Part defects after which mail-parser recovers body parts the stdlib parser misplaced.
+_RECOVERED_DEFECTS = frozenset({"StartBoundaryNotFoundDefect"})
+
+
+def _read_mail(data: bytes) -> _Mail:
+    """Parse ``data`` with mail-parser's pieces, skipping the work whose results the guard
+    never reads.
+
+    ``mailparser.parse_from_bytes`` is ``email.message_from_bytes`` followed by
+    ``MailParser.parse``, which on top of what is used here parses every Received header
+    (a quarter to a third of its time on the public corpora), decodes every header into
+    ``MailParser.mail`` and again into ``mail_partial``, copies each attachment into a
+    base64 string and decodes every text part (``_Reader`` decodes them anyway). This does
+    the stdlib parse, reads From/To/Cc/Reply-To with mail-parser's address parser and
+    Date with its date parser (same calls, same options, same defect records), and
+    collects the stdlib's MIME defects in mail-parser's wording. Body parts are decoded
+    by ``_Reader``. mail-parser's notes on headers the guard does not read (Received,
+    Delivered-To, Bcc, Resent-Date) and on undecodable MIME header bytes are not made.
+
+    Only for a multipart whose start boundary never came does the full
+    ``mailparser.parse_from_bytes`` run, for the parts it recovers from the epilogue.
+    """
+    try:
+        message = email.message_from_bytes(data)
+        mail = _Mail(message)
+        part_notes: list[str] = []
+        for part in message.walk():
+            found = part.defects
+            if found:
+                where = part.get_content_type()
+                for defect in found:
+                    name = defect.__class__.__name__
+                    mail.categories.add(name)
+                    part_notes.append(f"{where}: {name}: {defect.__doc__}")
+    except RecursionError as exc:  # as MailParser reports it
+        raise MailParserRecursionError(
+            "Message nesting too deep to parse (possible malicious multipart structure)"
+        ) from exc
+    if mail.categories & _RECOVERED_DEFECTS:
+        return _read_mail_fully(data)
+
+    fetch = message.policy.header_fetch_parse
+    values: dict[str, list[Any]] = {}
+    dates: list[str] = []
+    for name, raw in message.raw_items():
+        key = name.lower()
+        if key in _ADDRESS_HEADERS:
+            values.setdefault(key, []).append(fetch(name, raw))
+        elif key == "date":
+            dates.append(raw)
+
+    address_notes: list[str] = []
+    for key in _ADDRESS_HEADERS:
+        for occurrence, value in enumerate(values.get(key, ())):
+            pairs, reasons = _mailboxes(value)
+            if occurrence == 0:
+                mail.addresses[key] = list(pairs)
+            address_notes.extend(
+                f"AddressHeaderDefect: {key}[{occurrence}]: {reason}" for reason in reasons
+            )
+    if address_notes:
+        mail.categories.add("AddressHeaderDefect")
+        mail.notes.extend(f"address-headers: {note}" for note in address_notes)
+
+    date_notes: list[str] = []
+    for occurrence, raw in enumerate(dates):
+        result = parse_mail_date(raw)
+        if occurrence == 0:
+            mail.date = result.value
+        date_notes.extend(
+            f"DateHeaderDefect: {d['header']}[{d['occurrence']}]: {d['reason']}"
+            for d in date_diagnostics(result, raw, "date", occurrence)
+        )
+    if date_notes:
+        mail.categories.add("DateHeaderDefect")
+        mail.notes.extend(f"date-headers: {note}" for note in date_notes)
+
+    mail.notes.extend(part_notes)
+    return mail
+
+
+_MAILBOX_CACHE_CHARS = 1000
+
+
+def _mailboxes(value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """mail-parser's reading of one address header: the (name, address) pairs as
+    ``MailParser.mail`` gives them (no name when it repeats the address) and the reasons
+    of its diagnostics.
+
+    The same few values come back all the time (the mailbox owner in To, regular
+    correspondents in From; 73 % of the From/To/Cc/Reply-To values of the public ham
+    corpus repeat an earlier one), and mail-parser's address parser is its slowest
+    part (~30 µs a header), so plain values of ordinary length are cached.
+    """
+    if isinstance(value, str) and len(value) <= _MAILBOX_CACHE_CHARS:
+        return _cached_mailboxes(value)
+    return _read_mailboxes(value)
+
+
+def _read_mailboxes(value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    diagnostics: list[dict[str, Any]] = []
+    found = get_addresses(value, defects=diagnostics, decode_names=True)
+    pairs = tuple(("" if name == addr else name, addr) for name, addr in found if addr)
+    return pairs, tuple(str(d["reason"]) for d in diagnostics)
+
+
+_cached_mailboxes = lru_cache(maxsize=4096)(_read_mailboxes)
+
+
+def _read_mail_fully(data: bytes) -> _Mail:
+    """``mailparser.parse_from_bytes``, all of it, as a :class:`_Mail`."""
+    parsed = mailparser.parse_from_bytes(data)
+    mail = _Mail(parsed.message)
+    fields = parsed.mail
+    mail.addresses = {key: fields.get(key) or [] for key in _ADDRESS_HEADERS}
+    mail.date = parsed.date
+    mail.notes = _mailparser_notes(parsed)
+    mail.categories = set(parsed.defects_categories)
+    mail.text_plain = list(parsed.text_plain)
+    mail.text_html = list(parsed.text_html)
+    return mail
 
 
 # --------------------------------------------------------------------------------------
@@ -1215,29 +1368,8 @@ class _Reader:
             if body.is_main:
                 _url_links(text[:MAX_TEXT_CHARS], self.text_links)
 
-    def read(self, body: _Body, mail: Any) -> None:
-        """Fill ``body`` from its parts.
-
-        mail-parser has already decoded every text/plain and text/html body part of the
-        message (in tree order, empty ones left out). When the message has nothing but
-        such parts (``mail`` given) and the counts agree, its strings are exactly ours,
-        so they are used instead of decoding everything a second time; otherwise (an
-        attachment, a nested message, an empty part...) each part is decoded here.
-        """
-        kinds = ["html" if info.ctype == "text/html" else "text" for _, info in body.parts]
-        if mail is not None:
-            plain, html = mail.text_plain, mail.text_html
-            if (
-                isinstance(plain, list)
-                and isinstance(html, list)
-                and len(plain) == kinds.count("text")
-                and len(html) == kinds.count("html")
-                and all(isinstance(t, str) for t in plain + html)
-            ):
-                texts = {"text": iter(plain), "html": iter(html)}
-                for (part, _), kind in zip(body.parts, kinds, strict=True):
-                    self.add(part, kind, next(texts[kind]), body)
-                return
+    def read(self, body: _Body) -> None:
+        """Fill ``body`` from its parts, decoding each one here."""
         for part, info in body.parts:
             try:
                 self.decode(part, info, body)
@@ -1251,11 +1383,9 @@ def _walk(
     main: _Body,
     entries: list[Attachment | _Body],
     defects: _Defects,
-) -> bool:
+) -> None:
     """One pre-order pass over the MIME tree, sorting parts into body parts (collected in
     their ``_Body``, read afterwards) and attachments (read here).
-
-    Returns True when the message holds nothing but text/plain and text/html body parts.
 
     Attached messages (message/rfc822 with a filename or disposition "attachment")
     become one attachment named after the part or "forwarded.eml", whose ``text`` is
@@ -1268,13 +1398,12 @@ def _walk(
     """
     stack: list[tuple[MimePart, _Body, bool]] = [(root, main, False)]
     visited = 0
-    only_text = True
     while stack:
         part, body, forced = stack.pop()
         visited += 1
         if visited > MAX_PARTS:
             defects.add(f"more than {MAX_PARTS} MIME parts; the rest was not read")
-            return False
+            return
         try:
             info = _PartHeaders(part, root_headers if part is root else None)
             ctype = info.ctype
@@ -1283,7 +1412,6 @@ def _walk(
                 if not isinstance(children, list):
                     continue
                 if ctype.startswith("message/"):
-                    only_text = False
                     if ctype not in ("message/rfc822", "message/global"):
                         continue  # delivery-status and the like: header blocks only
                     if forced or info.filename or info.disposition == "attachment":
@@ -1296,7 +1424,7 @@ def _walk(
                         entries.append(nested)
                         body, forced = nested, False
                 elif info.disposition == "attachment":
-                    only_text, forced = False, True
+                    forced = True
                 stack.extend(
                     (child, body, forced)
                     for child in reversed(children)
@@ -1310,11 +1438,8 @@ def _walk(
                 and info.disposition != "attachment"
                 and (ctype in ("text/plain", "text/html") or ctype.startswith("multipart/"))
             ):
-                body.parts.append((part, info))
-                if ctype[0] == "m":  # a multipart without boundary: read as plain text
-                    only_text = False
+                body.parts.append((part, info))  # a multipart here has no boundary: text
                 continue
-            only_text = False
             if len(entries) >= MAX_ATTACHMENTS:
                 defects.add(_TOO_MANY_ATTACHMENTS)
                 continue
@@ -1322,9 +1447,7 @@ def _walk(
             body.add_size(attachment.size)
             entries.append(attachment)
         except Exception as exc:
-            only_text = False
             defects.add(f"MIME part could not be read: {type(exc).__name__}: {exc}")
-    return only_text
 
 
 def _nested_attachment(body: _Body) -> Attachment:
@@ -1386,10 +1509,10 @@ def parse_message(raw: bytes) -> Message:
 def _parse(raw: bytes) -> Message:
     data = _as_bytes(raw)
     defects = _Defects()
-    mail: Any = None
+    mail: _Mail | None = None
     root: MimePart | None
     try:
-        mail = mailparser.parse_from_bytes(data)
+        mail = _read_mail(data)
         root = mail.message
     except Exception as exc:
         defects.add(f"mail-parser failed: {type(exc).__name__}: {exc}")
@@ -1399,12 +1522,10 @@ def _parse(raw: bytes) -> Message:
         return Message(size=len(data), defects=tuple(defects.items))
 
     if mail is not None:
-        try:
-            _mailparser_defects(mail, defects)
-        except Exception as exc:
-            defects.add(f"mail-parser defects unreadable: {type(exc).__name__}")
+        for note in mail.notes:
+            defects.add(note)
     headers = _first_headers(root)
-    parsed: dict[str, Any] = mail.mail if mail is not None else {}
+    parsed: dict[str, Any] = mail.addresses if mail is not None else {}
     get = headers.get
 
     from_ = _address_header(parsed.get("from"), get("from"), defects, "From")
@@ -1421,16 +1542,12 @@ def _parse(raw: bytes) -> Message:
     entries: list[Attachment | _Body] = []
     reader = _Reader(defects)
     if mail is not None:
-        only_text = _walk(root, headers, main, entries, defects)
-        categories = mail.defects_categories
-        recovered = "StartBoundaryNotFoundDefect" in categories
-        # mail-parser's own charset fallback differs from ours: then decode ourselves.
-        reuse = only_text and not recovered and "CharsetDecodeDefect" not in categories
-        reader.read(main, mail if reuse else None)
+        _walk(root, headers, main, entries, defects)
+        reader.read(main)
         for entry in entries:
             if isinstance(entry, _Body):
-                reader.read(entry, None)
-        if not main.plain and not main.html and recovered:
+                reader.read(entry)
+        if not main.plain and not main.html and mail.categories & _RECOVERED_DEFECTS:
             # A multipart whose start boundary never came: mail-parser recovers its parts.
             for text in mail.text_plain:
                 if isinstance(text, str):
@@ -1472,7 +1589,7 @@ def _parse(raw: bytes) -> Message:
 # Allocator tuning for the HTML parser.
 
 
-def _keep_heap_pad() -> None:
+def tune_allocator() -> bool:
     """Ask glibc to keep 4 MiB of slack at the top of the heap (``M_TOP_PAD``).
 
     Every selectolax/lexbor document allocates and frees a few hundred KiB (a 1 MiB pad
@@ -1480,19 +1597,20 @@ def _keep_heap_pad() -> None:
     document is freed and faulted in again, zero-filled, by the next one, between two
     mail-parser runs: measured on the benchmark mix, reading an HTML body cost ~160 µs
     with the defaults and ~95 µs with the pad (mail-parser itself is not affected).
-    Process-wide, glibc only, costs at most 4 MiB of memory held; set
-    ``GUARD_MALLOC_DEFAULTS=1`` to skip it.
+
+    Process-wide and glibc only, so it is not done on import: a long-running caller
+    (``inbox-guard check``/``scan``, the daemon) calls it once at start. It holds at most
+    4 MiB of memory. Returns True when the setting was made; does nothing (False) off
+    glibc or when ``GUARD_MALLOC_DEFAULTS=1`` is set.
     """
     if sys.platform != "linux" or os.environ.get("GUARD_MALLOC_DEFAULTS"):
-        return
+        return False
     try:
         if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
-            return
+            return False
         mallopt = ctypes.CDLL(None).mallopt
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        mallopt(-2, 4 << 20)  # M_TOP_PAD, from <malloc.h>
+        mallopt.restype = ctypes.c_int
+        return bool(mallopt(-2, 4 << 20))  # M_TOP_PAD, from <malloc.h>; 1 on success
     except (OSError, ValueError, AttributeError):
-        pass
-
-
-_keep_heap_pad()
+        return False

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 import tomllib
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import re2
 
 from guard.message import Message
 from guard.policy.model import CATEGORIES, LEVELS, Finding, RulesError, Verdict
-from guard.policy.normalize import normalise, normalise_tracked
+from guard.policy.normalize import collapsed_offsets, normalise_info, normalise_tracked
 from guard.policy.structural import (
     Brand,
     Hit,
@@ -45,6 +47,8 @@ _LEET = {
     "s": "s5$", "t": "t7", "y": "y1i", "z": "z2",
 }  # fmt: skip
 _QUANTIFIER = re.compile(r"\d+(?:,\d*)?")
+_START = itemgetter(0)
+_END = itemgetter(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,22 @@ class RuleSet:
     sources: tuple[str, ...] = field(default=())
     by_atom: dict[int, tuple[int, ...]] = field(default_factory=dict)
     fields_used: frozenset[str] = frozenset()
+    ascii_atoms: dict[int, Any] = field(default_factory=dict)
+
+    def ascii_atom(self, atom: int) -> Any:
+        """``atoms[atom]`` compiled for bytes, to search ASCII text encoded as bytes.
+
+        Same RE2 program (str patterns are compiled from their UTF-8 bytes too), but the
+        wrapper then reports byte offsets as they are instead of converting every match
+        back to character offsets, which ASCII text does not need. Compiled on first use.
+        """
+        compiled = self.ascii_atoms.get(atom)
+        if compiled is None:
+            compiled = re2.compile(
+                self.atom_sources[atom].encode("utf-8"), self.atoms[atom].options
+            )
+            self.ascii_atoms[atom] = compiled
+        return compiled
 
 
 # ---------------------------------------------------------------- term compilation
@@ -451,13 +471,17 @@ def _structural(doc: Mapping[str, Any]) -> StructuralData:
 class _Field:
     """One field of a message: original text, normalised text, matches (all lazy)."""
 
-    __slots__ = ("_tracked", "matched", "norm", "original", "spans")
+    __slots__ = ("_ascii", "_plain", "_tracked", "matched", "norm", "original", "spans")
 
     def __init__(self, original: str, rules: RuleSet) -> None:
         self.original = original
-        self.norm = normalise(original)
+        self.norm, self._plain = normalise_info(original)
+        # ASCII text (most mail once normalised) is searched as bytes: offsets are the same.
+        self._ascii = self.norm.encode("ascii") if self.norm.isascii() else None
         self.matched = (
-            frozenset(rules.atom_set.Match(self.norm) or ()) if self.norm else frozenset()
+            frozenset(rules.atom_set.Match(self._ascii or self.norm) or ())
+            if self.norm
+            else frozenset()
         )
         self.spans: dict[int, list[tuple[int, int]]] = {}
         self._tracked: tuple[str, list[int]] | None = None
@@ -466,7 +490,11 @@ class _Field:
         spans = self.spans.get(atom)
         if spans is None:
             spans = []
-            for m in rules.atoms[atom].finditer(self.norm):
+            if self._ascii is not None:
+                found = rules.ascii_atom(atom).finditer(self._ascii)
+            else:
+                found = rules.atoms[atom].finditer(self.norm)
+            for m in found:
                 spans.append(m.span())
                 if len(spans) >= MAX_SPANS:
                     break
@@ -475,6 +503,11 @@ class _Field:
 
     def evidence(self, start: int, end: int) -> str:
         """The original text behind ``norm[start:end]`` with a little context."""
+        last = len(self.norm) - 1
+        first_last = (min(start, last), min(max(end - 1, 0), last))
+        if self._plain and self.norm:
+            s, e = collapsed_offsets(self.original, first_last)
+            return _snippet(self.original, s, e + 1)
         if self._tracked is None:
             self._tracked = normalise_tracked(self.original)
         norm, offsets = self._tracked
@@ -482,8 +515,8 @@ class _Field:
             source, s, e = self.norm, start, end
         else:
             source = self.original
-            s = offsets[min(start, len(offsets) - 1)]
-            e = offsets[min(max(end - 1, 0), len(offsets) - 1)] + 1
+            s = offsets[first_last[0]]
+            e = offsets[first_last[1]] + 1
         return _snippet(source, s, e)
 
 
@@ -521,6 +554,69 @@ def _distance(norm: str, x: tuple[int, int], y: tuple[int, int]) -> int:
     return 0
 
 
+# Spans of one atom come from ``finditer``: ordered and non-overlapping, so their starts
+# and their ends both ascend. Against a fixed span ``x``, the spans entirely before it
+# form a prefix of the list (their distance to ``x`` shrinks towards its end), the spans
+# entirely after it a suffix (distance grows), and those in between overlap it
+# (distance 0). The searches below use that to count words over the few gaps next to
+# ``x`` rather than from ``x`` to every span of the list (long bodies made that the
+# engine's biggest cost); they return exactly what a scan of the whole list would.
+
+
+def _partition(spans: list[tuple[int, int]], x: tuple[int, int]) -> tuple[int, int]:
+    """(end of the "before" prefix, start of the "after" suffix) of ``spans`` for ``x``."""
+    after = bisect_left(spans, x[1], key=_START)
+    before = min(bisect_right(spans, x[0], key=_END), after)
+    return before, after
+
+
+def _nearest(
+    norm: str, x: tuple[int, int], spans: list[tuple[int, int]], limit: int
+) -> tuple[int, int] | None:
+    """The first span in ``spans`` at the smallest word distance from ``x``, if that
+    distance is at most ``limit``."""
+    before, after = _partition(spans, x)
+    best: tuple[int, int] | None = None
+    best_d = limit + 1
+    if before:
+        j = before - 1
+        d = _words_between(norm, spans[j][1], x[0])
+        if d < best_d:
+            # Earlier spans at the same distance come first in the list: take the first.
+            while j > 0 and not _words_between(norm, spans[j - 1][1], spans[j][1]):
+                j -= 1
+            best, best_d = spans[j], d
+    if best_d > 0 and before < after:
+        return spans[before]
+    if after < len(spans) and _words_between(norm, x[1], spans[after][0]) < best_d:
+        return spans[after]
+    return best
+
+
+def _within(
+    norm: str, x: tuple[int, int], spans: list[tuple[int, int]], limit: int
+) -> list[tuple[int, int]]:
+    """The spans of ``spans`` at most ``limit`` words from ``x``, in list order."""
+    before, after = _partition(spans, x)
+    lo = before
+    d = 0
+    while lo > 0:
+        edge = spans[lo][1] if lo < before else x[0]
+        d += _words_between(norm, spans[lo - 1][1], edge)
+        if d > limit:
+            break
+        lo -= 1
+    hi = after
+    d = 0
+    while hi < len(spans):
+        edge = spans[hi - 1][0] if hi > after else x[1]
+        d += _words_between(norm, edge, spans[hi][0])
+        if d > limit:
+            break
+        hi += 1
+    return spans[lo:hi]
+
+
 def _match_rule(rules: RuleSet, rule: TextRule, fld: _Field) -> tuple[int, int] | None:
     """The span where every group of ``rule`` occurs within its window, not cancelled."""
     norm = fld.norm
@@ -529,12 +625,7 @@ def _match_rule(rules: RuleSet, rule: TextRule, fld: _Field) -> tuple[int, int] 
         start, end = anchor
         ok = True
         for group in others:
-            best = None
-            best_d = rule.window + 1
-            for span in fld.positions(rules, group):
-                d = _distance(norm, anchor, span)
-                if d < best_d:
-                    best, best_d = span, d
+            best = _nearest(norm, anchor, fld.positions(rules, group), rule.window)
             if best is None:
                 ok = False
                 break
@@ -560,9 +651,8 @@ def _cancelled(rules: RuleSet, rule: TextRule, fld: _Field, span: tuple[int, int
         for atom in atoms:
             if atom not in fld.matched:
                 continue
-            for other in fld.positions(rules, atom):
-                if window >= 0 and _distance(fld.norm, span, other) > window:
-                    continue
+            others = fld.positions(rules, atom)
+            for other in others if window < 0 else _within(fld.norm, span, others, window):
                 if _NEGATED_BEFORE.search(fld.norm, max(0, other[0] - 24), other[0]):
                     continue
                 return True

@@ -13,7 +13,8 @@ Applied once per field before any rule is matched:
 
 ``normalise`` is the fast path used on every message. ``normalise_tracked`` produces the
 same string together with, for each output character, the index of the input character it
-came from; it is only run when a rule fired, to show the user the original text.
+came from; it is only run when a rule fired, to show the user the original text, and then
+only when the cheaper :func:`collapsed_offsets` cannot stand in for it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from typing import Any
 
 import re2
 
@@ -60,8 +62,11 @@ _WORD = re.compile(r"[^\W_]+")
 _LATIN = re.compile(r"[a-z]")
 _CYR_GREEK = re.compile(r"[\u0370-\u03ff\u0400-\u052f\u0261]")
 
-# E-mail quote markers ("> > text") once whitespace is collapsed to single spaces.
-_QUOTE_MARKS = re.compile(r"(?:(?<= )|^)[>|]+(?: |$)")
+# E-mail quote markers ("> > text") once whitespace is collapsed to single spaces: a run of
+# ">"/"|" at the start of the text or after a space, with the space after it. Written to
+# start with the character class (the lookbehind checks the character before it), which
+# lets the regex engine skip to the next ">" or "|" instead of trying every position.
+_QUOTE_MARKS = re.compile(r"[>|](?<![^ ][>|])[>|]*(?: |$)")
 _TOKEN = re.compile(r"\S+")
 
 # Four or more single letters/digits separated by the same kind of filler.
@@ -154,17 +159,56 @@ _NUMBER_HINT = re2.compile(
 )
 _EMAIL_HINT = re2.compile(r"[\[({<]\s*(?:at|arroba|@)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s")
 _SPLIT_HINT = re2.compile(r"(?:[^\W_][ .\-_*~|/\\]{1,3}){3}[^\W_]")
+# On ASCII text, where RE2's ASCII-only classes agree with Python's, this matches exactly
+# when _SPLIT_LETTERS does (its lookarounds written as a consumed neighbour or an edge).
+# Most text passes _SPLIT_HINT (letters ending and starting words, "a b c d" inside
+# longer runs) but not this, and _SPLIT_LETTERS is a slow scan.
+_SPLIT_ASCII = re2.compile(
+    r"(?:^|[^0-9A-Za-z])[0-9A-Za-z](?:[ .\-_*~|/\\]{1,3}[0-9A-Za-z]){3,}(?:$|[^0-9A-Za-z])"
+)
 
 Precheck = Callable[[str], bool] | None
+
+
+def _may_split(text: str) -> bool:
+    """Whether _SPLIT_LETTERS may apply (its precheck is _SPLIT_HINT, exact on ASCII)."""
+    if text.isascii():
+        return _SPLIT_ASCII.search(text) is not None
+    return _SPLIT_HINT.search(text) is not None
+
 
 # The ordered regex steps shared by the fast and the tracked path; a step is skipped when
 # its cheap precheck says it cannot apply.
 _STEPS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str, Precheck], ...] = (
     (_QUOTE_MARKS, "", lambda t: ">" in t or "|" in t),
-    (_SPLIT_LETTERS, _join_split, lambda t: _SPLIT_HINT.search(t) is not None),
+    (_SPLIT_LETTERS, _join_split, _may_split),
     (_SPELLED_NUMBER, _spelled_number, lambda t: _NUMBER_HINT.search(t) is not None),
     (_SPELLED_EMAIL, _spelled_email, lambda t: _EMAIL_HINT.search(t) is not None),
 )
+
+# The RE2 prechecks of steps 1-3 in one automaton: one pass over the text answers all
+# three (three separate searches cost 3-4 times as much). _needed_steps maps the set's
+# answer back to the prechecks of _STEPS.
+_HINT_PATTERNS = (_SPLIT_ASCII, _SPLIT_HINT, _NUMBER_HINT, _EMAIL_HINT)
+
+
+def _hint_set() -> Any:
+    options = re2.Options()
+    options.max_mem = 64 << 20
+    hints = re2.Set.SearchSet(options)
+    for pattern in _HINT_PATTERNS:
+        hints.Add(pattern.pattern)
+    hints.Compile()
+    return hints
+
+
+_HINTS = _hint_set()
+
+
+def _needed_steps(text: str) -> tuple[bool, bool, bool]:
+    """The prechecks of _STEPS[1:] on ``text``, answered in one pass."""
+    found = _HINTS.Match(text) or ()
+    return ((0 in found) if text.isascii() else (1 in found)), 2 in found, 3 in found
 
 
 def _char_fold(text: str) -> str:
@@ -175,14 +219,30 @@ def _char_fold(text: str) -> str:
 
 def normalise(text: str) -> str:
     """Normalise ``text`` for matching (see the module docstring)."""
+    return normalise_info(text)[0]
+
+
+def normalise_info(text: str) -> tuple[str, bool]:
+    """:func:`normalise`, and whether that only lower-cased ASCII text and collapsed its
+    whitespace (nothing disguised was undone): then :func:`collapsed_offsets` can stand
+    in for :func:`normalise_tracked`."""
+    plain = text.isascii()
     text = _char_fold(text)
-    if _HAS_CYR_GREEK.search(text):
+    if not plain and _HAS_CYR_GREEK.search(text):
         text = _WORD.sub(_fold_words, text)
     text = " ".join(text.split())
-    for pattern, repl, precheck in _STEPS:
-        if precheck is None or precheck(text):
-            text = pattern.sub(repl, text)
-    return text
+    if ">" in text or "|" in text:
+        changed = _QUOTE_MARKS.sub("", text)
+        if changed != text:
+            text, plain = changed, False
+    needed = _needed_steps(text)
+    for index, (pattern, repl, _) in enumerate(_STEPS[1:]):
+        if needed[index]:
+            changed = pattern.sub(repl, text)
+            if changed != text:
+                text, plain = changed, False
+                needed = _needed_steps(text)  # the later prechecks see the changed text
+    return text, plain
 
 
 def _sub_tracked(
@@ -247,3 +307,35 @@ def normalise_tracked(text: str) -> tuple[str, list[int]]:
         if precheck is None or precheck(norm):
             norm, offsets = _sub_tracked(pattern, repl, norm, offsets)
     return norm, offsets
+
+
+# ASCII whitespace (what str.split() splits on) as spaces, for collapsed_offsets.
+_ASCII_SPACES = bytes.maketrans(b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", b" " * 9)
+_SPACE_RUN = re.compile(rb" +")
+
+
+def collapsed_offsets(text: str, positions: tuple[int, int]) -> tuple[int, int]:
+    """For ASCII ``text`` whose normalised form is just ``" ".join(text.lower().split())``
+    (:func:`normalise_info` says when), the offsets :func:`normalise_tracked` gives two
+    ``positions`` of that form, without tracking every character.
+
+    A character of the collapsed text sits as far into ``text`` as the whitespace
+    dropped before it: each run of whitespace became one space (which stands for the
+    run's last character) and a run at the start went. Only runs of two or more shift
+    anything; they are found with byte searches, up to the later position.
+    """
+    if positions[0] > positions[1]:
+        second, first = collapsed_offsets(text, (positions[1], positions[0]))
+        return first, second
+    data = text.encode("ascii").translate(_ASCII_SPACES)
+    shift = len(data) - len(data.lstrip(b" "))
+    out = []
+    run = data.find(b"  ", shift)
+    for pos in positions:
+        while run >= 0 and run - shift <= pos:  # the run's space is at or before pos
+            spaces = _SPACE_RUN.match(data, run)
+            end = spaces.end() if spaces else run + 2
+            shift += end - run - 1
+            run = data.find(b"  ", end)
+        out.append(pos + shift)
+    return out[0], out[1]

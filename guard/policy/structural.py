@@ -6,6 +6,7 @@ its score, category and explanation; the engine turns hits into findings.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -92,11 +93,17 @@ def is_trusted_platform_sender(data: StructuralData, msg: Message) -> bool:
     return msg.auth.dkim == "pass" and any(org_domain(d) == org for d in msg.auth.dkim_domains)
 
 
+@functools.lru_cache(maxsize=1024)
+def _name_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])")
+
+
 def _brand_named(data: StructuralData, text: str) -> Brand | None:
     text = unicodedata.normalize("NFKC", text).lower()
     for brand in data.brands:
         for name in brand.names:
-            if re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", text):
+            # The substring test first: most display names contain no brand name at all.
+            if name in text and _name_pattern(name).search(text):
                 return brand
     return None
 

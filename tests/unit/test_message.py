@@ -791,3 +791,70 @@ def test_never_raises_on_mangled_mime(lines: list[bytes], newline: bytes) -> Non
     assert msg.size == len(data)
     for value in (msg.subject, msg.text, msg.html_text, *msg.defects):
         value.encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------
+# Reading with mail-parser: only the parts the guard uses, read as mail-parser reads them
+
+ADDRESS_CASES = [
+    "From: Dana Client <dana@client.example>\nTo: sam@example.org",
+    "From: =?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <jm@example.de>\nTo: a@x.example, b@y.example",
+    'From: "Upwork Support" <support@upw0rk-verify.example>\nReply-To: billing@other.example',
+    "From: dana@client.example <dana@client.example>\nCc: Team: a@x.example, b@x.example;",
+    "From: broken <<a@x.example>\nTo: Undisclosed recipients:;",
+    "From: a@x.example\nFrom: b@y.example\nTo: first@x.example\nTo: second@x.example",
+]
+
+
+@pytest.mark.parametrize("headers", ADDRESS_CASES)
+def test_addresses_date_and_notes_as_mail_parser_reads_them(headers) -> None:
+    import mailparser
+
+    from guard.message import _read_mail
+
+    raw = raw_mail(f"{headers}\nDate: Tue, 24 Sep 2024 11:15:27 +0200\nSubject: x", "body\n")
+    full = mailparser.parse_from_bytes(raw)
+    lean = _read_mail(raw)
+    for key in ("from", "to", "cc", "reply-to"):
+        assert lean.addresses.get(key, []) == (full.mail.get(key) or [])
+    assert lean.date == full.date
+    expected = [
+        f"address-headers: {note}"
+        for entry in full.defects
+        for note in entry.get("address-headers", [])
+    ]
+    assert [n for n in lean.notes if n.startswith("address-headers")] == expected
+    # Twice, to read the cached answers too.
+    assert parse_message(raw) == parse_message(raw)
+
+
+def test_notes_on_headers_the_guard_does_not_read_are_not_made() -> None:
+    headers = (
+        "Received: from a (b [10.0.0.1]) by c; Mon, 32 Foo 2024 99:99:99 +0000\n"
+        "Delivered-To: not an address\nBcc: <<<\nDate: yesterday at noon\nFrom: a@x.example"
+    )
+    msg = parse_message(raw_mail(headers, "x"))
+    assert not any("received" in d or "delivered-to" in d or "bcc" in d for d in msg.defects)
+    assert any(d.startswith("date-headers: DateHeaderDefect: date[0]") for d in msg.defects)
+
+
+def test_long_address_header_is_read_uncached() -> None:
+    to = ", ".join(f"person{i}@example.org" for i in range(200))
+    msg = parse_message(raw_mail(f"From: a@x.example\nTo: {to}", "x"))
+    assert len(msg.to) == 200
+    assert msg.to[-1].addr == "person199@example.org"
+
+
+def test_latin1_label_reads_windows_1252_punctuation() -> None:
+    headers = "Content-Type: text/plain; charset=iso-8859-1"
+    msg = parse_message(raw_mail(headers, b"I\x92m here, \x93quoted\x94 \x80 5\n"))
+    assert msg.text == "I\u2019m here, \u201cquoted\u201d \u20ac 5\n"
+
+
+def test_tune_allocator_is_explicit_and_can_be_switched_off(monkeypatch) -> None:
+    from guard.message import tune_allocator
+
+    monkeypatch.setenv("GUARD_MALLOC_DEFAULTS", "1")
+    assert tune_allocator() is False
+    monkeypatch.delenv("GUARD_MALLOC_DEFAULTS")
+    assert isinstance(tune_allocator(), bool)

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from guard.message import Address, Message
 from guard.policy import evaluate, load_rules
-from guard.policy.normalize import OBFUSCATION_MARK, normalise, normalise_tracked
+from guard.policy.normalize import (
+    _QUOTE_MARKS,
+    _SPLIT_LETTERS,
+    OBFUSCATION_MARK,
+    _join_split,
+    _may_split,
+    collapsed_offsets,
+    normalise,
+    normalise_info,
+    normalise_tracked,
+)
 
 ZWSP = "\u200b"
 KEYCAP = "\ufe0f\u20e3"
@@ -96,3 +108,88 @@ def test_obfuscated_text_fires_rules(rules, text, rule):
     finding = next(f for f in verdict.findings if f.rule == rule)
     assert finding.category in verdict.categories
     assert finding.evidence  # original text, not the normalised form
+
+
+# --------------------------------------------------------------------------------------
+# The shortcuts of the fast path give exactly what the slow, general steps give.
+
+PLAIN_TEXTS = [
+    "Hi Sam, send me your PayPal",
+    "  leading spaces\tand\ttabs\r\nand CRLF lines\n\n\nand blank lines  ",
+    "one\x1cseparator\x0bvertical tab\x0cform feed",
+    "x",
+    "   y   ",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN_TEXTS)
+def test_collapsed_offsets_agree_with_tracking(text):
+    norm, plain = normalise_info(text)
+    assert plain
+    tracked, offsets = normalise_tracked(text)
+    assert tracked == norm
+    for first in range(len(norm)):
+        for second in (first, len(norm) - 1, 0):
+            assert collapsed_offsets(text, (first, second)) == (offsets[first], offsets[second])
+
+
+@given(st.text(alphabet="ab1 .-_>|@\t\n\r\x0b", max_size=40))
+def test_plain_flag_and_collapsed_offsets_on_any_ascii_text(text):
+    norm, plain = normalise_info(text)
+    assert norm == normalise(text)
+    if not plain:
+        return
+    assert norm == " ".join(text.lower().split())
+    if norm:
+        tracked, offsets = normalise_tracked(text)
+        assert tracked == norm
+        last = len(norm) - 1
+        assert collapsed_offsets(text, (0, last)) == (offsets[0], offsets[last])
+        assert collapsed_offsets(text, (last, 0)) == (offsets[last], offsets[0])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "> quoted reply",  # quote markers removed
+        "add me on s k y p e",  # split letters joined
+        "call six one seven five five five one two one two",  # spelled number
+        "john dot doe at gmail dot com",  # spelled address
+        "Telegr\u0430m",  # not ASCII
+    ],
+)
+def test_plain_flag_is_off_when_anything_was_undone(text):
+    assert normalise_info(text)[1] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("> > quoted", "quoted"),
+        ("a > b", "a b"),
+        ("a >", "a "),
+        ("> >", ""),
+        ("a >b", "a >b"),
+        ("a>b > c", "a>b c"),
+        (">> | a", "a"),
+        ("x || y >", "x y "),
+    ],
+)
+def test_quote_markers(text, expected):
+    assert _QUOTE_MARKS.sub("", text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "joined"),
+    [
+        ("add me on s k y p e now", True),
+        ("w.h.a.t.s.a.p.p", True),
+        ("xa b c d", False),  # the first letter ends a word: not split letters
+        ("a b c de", False),  # the last one starts a word
+        ("a b c", False),  # three are not enough
+        ("plan a b c d", True),
+    ],
+)
+def test_split_letter_precheck_is_exact_on_ascii(text, joined):
+    assert _may_split(text) is joined
+    assert (_SPLIT_LETTERS.sub(_join_split, text) != text) is joined

@@ -6,9 +6,12 @@ import tomllib
 from importlib import resources
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guard.message import Address, Attachment, AuthResults, Message
 from guard.policy import evaluate, load_rules
+from guard.policy.engine import _distance, _nearest, _within
 
 CLIENT = Address("Dana Whitfield", "dana@whitfield-studio.example")
 UPWORK = Address("Upwork", "donotreply@upwork.com")
@@ -527,3 +530,49 @@ def test_languages_are_covered(rules):
     markers |= {"de": "Bankverbindung", "ru": "напрямую"}
     for marker in markers.values():
         assert any(marker in t for t in texts)
+
+
+# --------------------------------------------------------------------------------------
+# The nearest-span searches give what a scan over every span gives.
+
+
+@st.composite
+def text_and_spans(draw):
+    """A text of words and spaces, a span in it, and ordered, non-overlapping spans (some
+    empty), as ``finditer`` produces them."""
+    norm = draw(st.text(alphabet="ab ", max_size=40))
+    spans, pos = [], 0
+    for _ in range(draw(st.integers(0, 8))):
+        pos += draw(st.integers(0, 4))
+        if pos > len(norm):
+            break
+        end = min(len(norm), pos + draw(st.integers(0, 3)))
+        spans.append((pos, end))
+        pos = end if end > pos else pos + 1
+    start = draw(st.integers(0, len(norm)))
+    x = (start, min(len(norm), start + draw(st.integers(0, 4))))
+    return norm, x, spans, draw(st.integers(-1, 5))
+
+
+@settings(max_examples=500)
+@given(text_and_spans())
+def test_nearest_and_within_agree_with_a_full_scan(case):
+    norm, x, spans, limit = case
+    best, best_d = None, limit + 1
+    for span in spans:
+        d = _distance(norm, x, span)
+        if d < best_d:
+            best, best_d = span, d
+    assert _nearest(norm, x, spans, limit) == best
+    if limit >= 0:
+        near = [s for s in spans if _distance(norm, x, s) <= limit]
+        assert _within(norm, x, spans, limit) == near
+
+
+def test_rule_far_into_a_long_body_fires_with_evidence(rules):
+    filler = "\n\n".join(" ".join(["project milestone review"] * 20) for _ in range(60))
+    text = f"{filler}\n\nCan you send me your PayPal so I pay you directly and we avoid the fees?"
+    verdict = evaluate(rules, mail(text))
+    found = [f for f in verdict.findings if f.category == "off_platform_payment"]
+    assert found
+    assert "PayPal" in found[0].evidence
