@@ -615,8 +615,9 @@ def run(
 
 @app.command()
 def doctor(config_path: ConfigOption = None) -> None:
-    """Check the configuration, secrets, network, TLS, login, folders, labels, database
-    and SMTP, one line each, with a hint for each failure."""
+    """Check config, secrets, DNS, TLS, login, folders, labels, database and SMTP.
+
+    One line per check, with a hint for each failure; exit 1 if any failed."""
     from guard.doctor import run_checks
 
     _quiet_libraries()
@@ -883,8 +884,10 @@ def export(
     ] = None,
     config_path: ConfigOption = None,
 ) -> None:
-    """Write a dispute evidence bundle: every message of a thread as the original .eml,
-    a timeline (HTML and text) and a manifest of SHA-256 hashes that `verify` checks.
+    """Write a dispute evidence bundle (original .eml files, timeline, SHA-256 manifest).
+
+    Every message of the thread as the original .eml, a timeline (HTML and text) and a
+    manifest of SHA-256 hashes that `verify` checks.
 
     Exit status: 0 when every message is in the bundle; 1 when the bundle was written but
     some message could not be obtained (each is named on stderr and listed as missing in
