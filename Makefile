@@ -31,5 +31,7 @@ lint: install
 demo: install test-servers
 	$(BIN)/python tests/support/demo.py $(ARGS)
 
-bench: install
-	$(BIN)/python benchmarks/check_throughput.py
+# Issue 6's benchmarks (~5 min): ARGS=--quick for a smoke run, ARGS=--write-readme to
+# record the table in benchmarks/README.md, ARGS=--shared-corpus for real ham.
+bench: install test-servers
+	$(BIN)/python benchmarks/run.py $(ARGS)
