@@ -141,6 +141,7 @@ class Connection:
         self.selected: Selected | None = None
         self.commands = 0  # rough count of commands sent, for summaries and benchmarks
         self.fetch_commands = 0
+        self._known_folders: set[str] = set()  # label folders known to exist
 
     # -- connecting ----------------------------------------------------------------
 
@@ -316,23 +317,30 @@ class Connection:
             list(uids),
             [b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS", *extra],
         )
-        small = [u for u in uids if u in meta and int(meta[u].get(b"RFC822.SIZE", 0)) <= max_bytes]
-        big = [u for u in uids if u in meta and u not in set(small)]
-        bodies: dict[int, bytes] = {}
-        if small:
+        sizes = {u: int(meta[u].get(b"RFC822.SIZE", 0)) for u in uids if u in meta}
+        small = [u for u in uids if u in sizes and sizes[u] <= max_bytes]
+        big = [u for u in uids if u in sizes and sizes[u] > max_bytes]
+        # Bodies are asked for in runs of at most FETCH_BYTES and handed on run by run, so
+        # a batch of large messages never sits in memory all at once.
+        for chunk in _by_bytes(small, sizes, FETCH_BYTES):
             self.fetch_commands += 1
-            got = self._call("UID FETCH", self.client.fetch, small, [b"BODY.PEEK[]"])
-            for uid, item in got.items():
-                bodies[int(uid)] = item.get(b"BODY[]") or b""
-        if big:
+            got = self._call("UID FETCH", self.client.fetch, chunk, [b"BODY.PEEK[]"])
+            bodies = {int(uid): item.get(b"BODY[]") or b"" for uid, item in got.items()}
+            yield from self._fetched(chunk, meta, bodies, truncated=False)
+        part = f"BODY.PEEK[]<0.{max_bytes}>".encode()
+        for chunk in _by_bytes(big, {u: max_bytes for u in big}, FETCH_BYTES):
             self.fetch_commands += 1
-            got = self._call(
-                "UID FETCH", self.client.fetch, big, [f"BODY.PEEK[]<0.{max_bytes}>".encode()]
-            )
-            for uid, item in got.items():
-                data = next((v for k, v in item.items() if k.startswith(b"BODY[]")), b"")
-                bodies[int(uid)] = data or b""
-        big_set = set(big)
+            got = self._call("UID FETCH", self.client.fetch, chunk, [part])
+            bodies = {
+                int(uid): next((v for k, v in item.items() if k.startswith(b"BODY[]")), b"") or b""
+                for uid, item in got.items()
+            }
+            yield from self._fetched(chunk, meta, bodies, truncated=True)
+
+    @staticmethod
+    def _fetched(
+        uids: Sequence[int], meta: dict[Any, Any], bodies: dict[int, bytes], truncated: bool
+    ) -> Iterator[Fetched]:
         for uid in uids:
             item = meta.get(uid)
             if item is None or uid not in bodies:
@@ -346,7 +354,7 @@ class Connection:
                 internal_date=internal if isinstance(internal, datetime) else None,
                 flags=frozenset(_text(f) for f in item.get(b"FLAGS", ())),
                 gm_thrid=int(thrid) if thrid is not None else None,
-                truncated=uid in big_set,
+                truncated=truncated,
             )
 
     # -- writing labels (add only) ------------------------------------------------
@@ -373,7 +381,10 @@ class Connection:
 
     def ensure_folder(self, folder: str) -> None:
         assert self.client is not None
+        if folder in self._known_folders:
+            return
         if self.folder_exists(folder):
+            self._known_folders.add(folder)
             return
         try:
             self._call(f"CREATE {folder}", self.client.create_folder, folder)
@@ -382,6 +393,7 @@ class Connection:
                 raise
         with contextlib.suppress(ImapError):
             self._call(f"SUBSCRIBE {folder}", self.client.subscribe_folder, folder)
+        self._known_folders.add(folder)
 
     def copy(self, uids: Sequence[int], folder: str) -> None:
         assert self.client is not None
@@ -405,6 +417,25 @@ class Connection:
         self.select(folder, readonly=True)
         found = self._call("UID SEARCH", self.client.search, ["HEADER", "Message-ID", message_id])
         return bool(found)
+
+
+FETCH_BYTES = 32 * 1024 * 1024  # message bytes asked for in one FETCH (bounds memory)
+
+
+def _by_bytes(uids: Sequence[int], sizes: dict[int, int], limit: int) -> Iterator[list[int]]:
+    """Split ``uids`` into runs whose messages add up to at most ``limit`` bytes (a single
+    bigger message is a run of its own)."""
+    run: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if run and total + size > limit:
+            yield run
+            run, total = [], 0
+        run.append(uid)
+        total += size
+    if run:
+        yield run
 
 
 def _int(value: Any) -> int | None:

@@ -40,6 +40,8 @@ from guard.policy import LEVELS, RuleSet, Verdict, evaluate, level_at_least
 
 log = logging.getLogger(__name__)
 
+LABEL_ROUND = 2000  # messages read between two label writes (and folder-position saves)
+
 Progress = Callable[[str, int, int], None]  # folder, done, total
 
 
@@ -377,12 +379,9 @@ class _Scanner:
         done = 0
         if self.progress and total:
             self.progress(folder, 0, total)
-        for start in range(0, total, self.s.batch_size):
-            if self.stop_requested():
-                log.info("%s: stopping after %d of %d new messages", folder, done, total)
-                break
-            batch = uids[start : start + self.s.batch_size]
-            self.scan_batch(folder, selected, batch, fs)
+        labelled_upto = 0
+
+        def finish_round(last: int) -> None:
             self.write_labels(folder, selected)
             with self.unit() as session:
                 st.save_folder_state(
@@ -390,12 +389,28 @@ class _Scanner:
                     self.s.account,
                     folder,
                     uidvalidity=selected.uidvalidity,
-                    last_uid=max(batch),
+                    last_uid=last,
                     highest_modseq=selected.highest_modseq,
                     uidnext=selected.uidnext,
                     label_mode=self.mode,
                 )
+
+        for start in range(0, total, self.s.batch_size):
+            if self.stop_requested():
+                if done > labelled_upto:  # what was recorded still gets its labels first
+                    finish_round(uids[done - 1])
+                log.info("%s: stopping after %d of %d new messages", folder, done, total)
+                break
+            batch = uids[start : start + self.s.batch_size]
+            self.scan_batch(folder, selected, batch, fs)
             done += len(batch)
+            # Labels are written (and only then the folder position advanced) every
+            # LABEL_ROUND messages and at the end: a big first scan does not pay the label
+            # commands per batch, and a crash re-reads at most one round (whose messages
+            # are recognised as recorded and not fetched again).
+            if done - labelled_upto >= LABEL_ROUND or done == total:
+                finish_round(max(batch))
+                labelled_upto = done
             if self.progress:
                 self.progress(folder, done, total)
         if not uids:  # nothing to read: still record the folder (and a new UIDVALIDITY)
@@ -430,10 +445,17 @@ class _Scanner:
     ) -> None:
         judged = []
         self.raw_cache = {}
-        for fetched in self.conn.fetch(uids, self.s.max_message_bytes):
+        with self.unit() as session:
+            recorded = st.locations(session, self.s.account, folder, selected.uidvalidity, uids)
+        todo = [u for u in uids if u not in recorded]  # recorded by a scan that was stopped
+        for fetched in self.conn.fetch(todo, self.s.max_message_bytes):
             fs.fetched += 1
-            judged.append((fetched, *self.judge(fetched)))
-            self.raw_cache[(folder, fetched.uid)] = fetched.raw
+            item = (fetched, *self.judge(fetched))
+            judged.append(item)
+            if self.s.evidence == "all" or self.labels_level(item[2].risk):
+                # kept at hand for the evidence store; other messages of a thread that
+                # turns risky later are fetched again when it does
+                self.raw_cache[(folder, fetched.uid)] = fetched.raw
         self.summary.commands = self.conn.commands
         direction = "out" if folder == self.sent_folder else "in"
         account = self.s.account

@@ -80,6 +80,7 @@ class StoredMessage(SQLModel, table=True):
         sa.Index("ix_message_thread", "account", "thread_id"),
         sa.Index("ix_message_msgid", "account", "message_id"),
         sa.Index("ix_message_seen", "first_seen_at"),
+        sa.Index("ix_message_pending", "account", "label_pending", "folder", "uid"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -105,7 +106,7 @@ class StoredMessage(SQLModel, table=True):
     categories: str = Field(default="", max_length=500)  # comma-separated
     notes: str = Field(default="", sa_type=sa.Text)  # what was skipped or unreadable
     labels: str = Field(default="", sa_type=sa.Text)  # label spellings written, "\n"-separated
-    label_pending: bool = Field(default=False, index=True)  # the thread wants more labels
+    label_pending: bool = False  # the thread wants more labels (ix_message_pending)
     labelled_at: NaiveDatetime | None = None
     first_seen_at: NaiveDatetime = Field(default_factory=utcnow)
 
@@ -174,6 +175,10 @@ class LabelCopy(SQLModel, table=True):
 
 class ScanRun(SQLModel, table=True):
     __tablename__ = "scan_run"
+    __table_args__ = (
+        sa.Index("ix_scan_run_started", "account", "started_at"),
+        sa.Index("ix_scan_run_finished", "account", "finished_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     account: str = Field(max_length=200)
@@ -247,12 +252,19 @@ Migration = Callable[[Connection], None]
 
 
 def _v1_to_v2(conn: Connection) -> None:
-    """v2 adds the digest, evidence and draft tables (nothing existing changes)."""
+    """v2 adds the digest, evidence and draft tables and the indexes that keep a poll's
+    cost independent of the mailbox size (pending labels, scan runs)."""
     SQLModel.metadata.create_all(
         conn,
         tables=[Digest.__table__, Evidence.__table__, DraftRecord.__table__],  # type: ignore[attr-defined]
         checkfirst=True,
     )
+    for index in (
+        *StoredMessage.__table__.indexes,  # type: ignore[attr-defined]
+        *ScanRun.__table__.indexes,  # type: ignore[attr-defined]
+    ):
+        index.create(conn, checkfirst=True)
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_message_label_pending"))
 
 
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
