@@ -18,6 +18,7 @@ import datetime as dt
 import difflib
 import hmac
 import ipaddress
+import logging
 import os
 import re
 import signal
@@ -1013,6 +1014,14 @@ def _read_secret_file(path: Path, key: str) -> bytes:
         raise ConfigError(
             f"{key}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); "
             f"refusing to use it; run: chmod o-rwx {path}"
+        )
+    if mode & stat.S_IRGRP:
+        logging.getLogger("inbox-guard").warning(
+            "%s: %s is readable by its group (mode %04o); consider: chmod 600 %s",
+            key,
+            path,
+            stat.S_IMODE(mode),
+            path,
         )
     return _read_limited(path, key)
 
