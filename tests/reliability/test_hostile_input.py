@@ -61,7 +61,9 @@ MUTATIONS: list[Callable[[bytes, hs.DrawFn], bytes]] = [
     lambda raw, draw: raw[: draw(hs.integers(0, len(raw)))],  # truncated anywhere
     lambda raw, draw: raw.replace(b"--BOUND", b"--BOUNX", draw(hs.integers(1, 3))),
     lambda raw, draw: raw.replace(b"charset=utf-8", b"charset=" + draw(hs.binary(max_size=12))),
-    lambda raw, draw: raw.replace(b"base64", b"base64\r\n\r\n" + draw(hs.binary(min_size=1, max_size=40))),
+    lambda raw, draw: raw.replace(
+        b"base64", b"base64\r\n\r\n" + draw(hs.binary(min_size=1, max_size=40))
+    ),
     lambda raw, draw: raw.replace(b"quoted-printable", b"quoted-printable\r\n\r\n=ZZ=\r\n=E"),
     lambda raw, draw: raw.replace(b"\r\n", b"\n" if draw(hs.booleans()) else b"\r"),
     lambda raw, draw: raw.replace(b"Subject:", b"Subject:\r\n " * draw(hs.integers(1, 500))),
