@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -40,7 +42,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from guard import store as st
 from guard.config import Config, ConfigError, load_config
-from guard.imap import Connection
+from guard.imap import Connection, ImapError
 from guard.policy import RulesError, RuleSet, load_rules
 from guard.scan import ScanControl, ScanError, ScanSettings, ScanSummary, scan
 
@@ -320,13 +322,21 @@ class Daemon:
                 conn.select("INBOX", readonly=True)
                 if failures:
                     log.info("%sIDLE connection restored", _who(self.config, name))
+                    # mail may have arrived while the connection was down: look now
+                    with contextlib.suppress(JobLookupError):
+                        self.scheduler.modify_job(state.job_id, next_run_time=datetime.now(UTC))
                 failures = 0
                 self._idle_session(conn, state)
             except Exception as exc:
                 if self.stopping.is_set():
                     break
                 failures += 1
-                delay = min(NETWORK_BACKOFF[0] * NETWORK_BACKOFF[1] ** (failures - 1), 300.0)
+                if isinstance(exc, ImapError) and exc.kind in ("login", "config"):
+                    # a refused login: as slowly as the scan's, never a lockout storm
+                    first, factor, cap = LOGIN_BACKOFF
+                    delay = min(first * factor ** (failures - 1), cap)
+                else:
+                    delay = min(NETWORK_BACKOFF[0] * NETWORK_BACKOFF[1] ** (failures - 1), 300.0)
                 log.error(
                     "%sIDLE connection failed: %s; retrying in %.0f s",
                     _who(self.config, name),
@@ -346,11 +356,17 @@ class Daemon:
             renew_at = time.monotonic() + self.config.schedule.idle_renew
             new_mail = False
             while not self.stopping.is_set() and time.monotonic() < renew_at:
-                for response in client.idle_check(timeout=1.0):
+                responses = client.idle_check(timeout=1.0)
+                for response in responses:
                     if len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT"):
                         new_mail = True
+                    if response and response[0] == b"BYE":
+                        raise ImapError("network", "the server ended the IDLE session")
                 if new_mail:
                     break
+                if not responses and _peer_closed(client):
+                    # imapclient's idle_check() returns nothing at EOF: look ourselves
+                    raise ImapError("network", "the IDLE connection was closed")
             client.idle_done()  # a round trip: raises if the connection is dead
             if new_mail:
                 log.info("%sIDLE: new mail, scanning now", _who(self.config, state.name))
@@ -499,6 +515,27 @@ class Daemon:
         self.store.close()
         log.info("stopped")
         return 0
+
+
+def _peer_closed(client: Any) -> bool:
+    """True when the other side has closed the connection (readable, but no data)."""
+    try:
+        sock = client.socket()
+        readable, _w, _x = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        if isinstance(sock, ssl.SSLSocket):
+            if sock.pending():
+                return False
+            # Peek at the TCP stream under TLS through a duplicate of the descriptor:
+            # nothing is consumed, and an empty read means the peer sent its FIN.
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as raw:
+                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 def _who(config: Config, name: str) -> str:

@@ -855,6 +855,9 @@ def _describe(exc: BaseException, smtp: SmtpSettings, redact: _Redactor, doing: 
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         return f"{where}: {_plain(redact(str(exc)), 200)} ({doing})"
     if isinstance(exc, smtplib.SMTPServerDisconnected):
+        # smtplib turns a read timeout into "disconnected"; the timeout is its context
+        if isinstance(exc.__context__, TimeoutError) or "timed out" in str(exc):
+            return f"{where} did not answer within {smtp.timeout:g} s while {doing}"
         return f"{where} closed the connection while {doing}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         reason = exc.verify_message or exc.reason or "verification failed"

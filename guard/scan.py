@@ -837,11 +837,14 @@ def _scan_locked(
 ) -> ScanSummary:
     run_id: int | None = None
     if not dry_run:
-        with store.session() as session:
-            run = st.ScanRun(account=settings.account)
-            session.add(run)
-            session.flush()
-            run_id = run.id
+        try:
+            with store.session() as session:
+                run = st.ScanRun(account=settings.account)
+                session.add(run)
+                session.flush()
+                run_id = run.id
+        except st.StoreError as exc:  # locked, read-only or full: nothing was done yet
+            raise ScanError(str(exc), None, "store") from None
     conn = Connection(settings.server)
     scanner: _Scanner | None = None
     error: str | None = None
