@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import functools
 import logging
 import os
 import re
@@ -29,7 +28,6 @@ import secrets
 import smtplib
 import socket
 import ssl
-import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,11 +36,11 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 
-import jinja2
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from guard import store as st
+from guard import templating
 from guard.config import Config, ConfigError, DigestSettings, Secret, SmtpSettings
 from guard.config import default_state_dir as _default_state_dir
 from guard.labels import CATEGORY_TITLES, LEVEL_TITLES
@@ -541,33 +539,8 @@ def select_digest(
 # --------------------------------------------------------------------------- rendering
 
 
-@functools.cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("guard", "templates"),
-        # autoescape is what makes mail content inert in the HTML part; the text part is
-        # not HTML, and escaping it would only show "&lt;" to the reader.
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("html", "html.j2"), default_for_string=True, default=False
-        ),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["wrap"] = _wrap
-    return env
-
-
-def _wrap(text: str, width: int = 76, indent: str = "", first: str | None = None) -> str:
-    return textwrap.fill(
-        text,
-        width=width,
-        initial_indent=indent if first is None else first,
-        subsequent_indent=indent,
-        break_long_words=False,  # a long (defanged) URL stays in one piece
-        break_on_hyphens=False,
-    )
+_environment = templating.environment
+_wrap = templating.wrap
 
 
 def digest_subject(content: DigestContent) -> str:

@@ -23,14 +23,12 @@ silently. :func:`verify_bundle` recomputes every hash without extracting anythin
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import re
 import sys
 import tempfile
-import textwrap
 import unicodedata
 import zipfile
 import zlib
@@ -42,11 +40,10 @@ from email.policy import compat32
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
-import jinja2
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from guard import __version__
+from guard import __version__, templating
 from guard import store as st
 from guard.config import Config
 from guard.digest import safe_text
@@ -714,32 +711,8 @@ def _message_view(item: _Item, msg: Message | None, sha: str, zone: tzinfo | Non
 # --------------------------------------------------------------------------- rendering
 
 
-@functools.cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("guard", "templates"),
-        # autoescape makes mail content inert in timeline.html; the text file is not HTML.
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("html", "html.j2"), default_for_string=True, default=False
-        ),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["wrap"] = _wrap
-    return env
-
-
-def _wrap(text: str, width: int = 76, indent: str = "", first: str | None = None) -> str:
-    return textwrap.fill(
-        text,
-        width=width,
-        initial_indent=indent if first is None else first,
-        subsequent_indent=indent,
-        break_long_words=False,  # a long (defanged) URL or hash stays in one piece
-        break_on_hyphens=False,
-    )
+_environment = templating.environment
+_wrap = templating.wrap
 
 
 def _wrap_block(text: str, width: int = 76, indent: str = "") -> str:

@@ -381,8 +381,7 @@ class _Scanner:
             self.progress(folder, 0, total)
         labelled_upto = 0
 
-        def finish_round(last: int) -> None:
-            self.write_labels(folder, selected)
+        def save_state(last: int) -> None:
             with self.unit() as session:
                 st.save_folder_state(
                     session,
@@ -394,6 +393,10 @@ class _Scanner:
                     uidnext=selected.uidnext,
                     label_mode=self.mode,
                 )
+
+        def finish_round(last: int) -> None:
+            self.write_labels(folder, selected)
+            save_state(last)
 
         for start in range(0, total, self.s.batch_size):
             if self.stop_requested():
@@ -414,17 +417,7 @@ class _Scanner:
             if self.progress:
                 self.progress(folder, done, total)
         if not uids:  # nothing to read: still record the folder (and a new UIDVALIDITY)
-            with self.unit() as session:
-                st.save_folder_state(
-                    session,
-                    self.s.account,
-                    folder,
-                    uidvalidity=selected.uidvalidity,
-                    last_uid=last_uid,
-                    highest_modseq=selected.highest_modseq,
-                    uidnext=selected.uidnext,
-                    label_mode=self.mode,
-                )
+            save_state(last_uid)
 
     # -- one batch -----------------------------------------------------------------
 
