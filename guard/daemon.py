@@ -123,8 +123,11 @@ def setup_logging(verbose: bool = False, env: Mapping[str, str] = os.environ) ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("apscheduler", "imapclient", "mailparser", "sqlalchemy"):
+    for noisy in ("imapclient", "mailparser", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" on every poll a long first
+    # scan outlasts is expected (runs are coalesced), not worth a warning each time
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # mail-parser logs hostile header values at ERROR level: attacker text, not ours.
     logging.getLogger("mailparser").setLevel(logging.CRITICAL)
 
