@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from guard.config import Account, Config, ConfigError, ImapSettings, load_config
 from guard.imap import SENT, Connection, ImapError
+from guard.labels import fixed_mode, keyword_mode
 from guard.scan import ScanSettings
 
 
@@ -153,20 +154,20 @@ def _folders(conn: Connection, settings: ScanSettings, imap: ImapSettings) -> It
 
 def _label_mode(conn: Connection, settings: ScanSettings, imap: ImapSettings) -> tuple[str, str]:
     configured = settings.label_mode
-    if configured == "gmail" or (configured == "auto" and conn.is_gmail):
+    fixed = fixed_mode(configured, conn.is_gmail)
+    if fixed == "gmail":
         return "gmail", "the server speaks X-GM-EXT-1: Gmail labels"
-    if configured == "folders":
+    if fixed == "folders":
         return "folders", "labels.mode = folders"
     # Only a read-write SELECT shows PERMANENTFLAGS; SELECT changes no message.
-    selected = conn.select("INBOX", readonly=False)
-    if selected.keywords_allowed:
-        if configured == "keywords":
-            return "keywords", "labels.mode = keywords and PERMANENTFLAGS allows \\*"
-        return "keywords+folders", (
-            "PERMANENTFLAGS allows custom keywords (\\*); label folders are added for "
-            "clients that do not show keywords"
-        )
-    return "folders", "the server does not allow custom keywords: label folders only"
+    mode = keyword_mode(configured, conn.select("INBOX", readonly=False).keywords_allowed)
+    why = {
+        "keywords": "labels.mode = keywords and PERMANENTFLAGS allows \\*",
+        "keywords+folders": "PERMANENTFLAGS allows custom keywords (\\*); label folders are "
+        "added for clients that do not show keywords",
+        "folders": "the server does not allow custom keywords: label folders only",
+    }
+    return mode, why[mode]
 
 
 def _database(config: Config) -> Iterator[Check]:

@@ -82,6 +82,23 @@ def thread_labels(
     return risk, frozenset({level_label(risk), *(category_label(c) for c in cats)})
 
 
+def fixed_mode(configured: str, is_gmail: bool) -> str | None:
+    """The backend when the server's flags do not matter ("gmail", "folders"), else None."""
+    if configured == "gmail" or (configured == "auto" and is_gmail):
+        return "gmail"
+    if configured == "folders":
+        return "folders"
+    return None
+
+
+def keyword_mode(configured: str, keywords_allowed: bool) -> str:
+    """The backend for "auto"/"keywords" once PERMANENTFLAGS is known: keywords (plus label
+    folders under "auto") when custom keywords are allowed, label folders otherwise."""
+    if not keywords_allowed:
+        return "folders"
+    return "keywords" if configured == "keywords" else "keywords+folders"
+
+
 def spell(label: Label, mode: str, prefix: str, delimiter: str = "/") -> list[str]:
     """The strings written for ``label`` in a backend mode, tagged by kind.
 

@@ -303,10 +303,9 @@ class _Scanner:
         if self.mode is not None:
             return self.mode
         configured = self.s.label_mode
-        if configured == "gmail" or (configured == "auto" and self.conn.is_gmail):
-            self.mode = "gmail"
-        elif configured == "folders":
-            self.mode = "folders"
+        fixed = labelling.fixed_mode(configured, self.conn.is_gmail)
+        if fixed is not None:
+            self.mode = fixed
         else:
             if selected is None or (selected.readonly and not selected.permanent_flags):
                 # EXAMINE shows no PERMANENTFLAGS: use what the last real scan found, else
@@ -324,15 +323,12 @@ class _Scanner:
                 allowed = True
             else:
                 allowed = selected.keywords_allowed
-            if configured == "keywords":
-                if not allowed:
-                    log.warning(
-                        "labels.mode is keywords but the server does not allow keywords "
-                        "(no \\* in PERMANENTFLAGS); using label folders instead"
-                    )
-                self.mode = "keywords" if allowed else "folders"
-            else:
-                self.mode = "keywords+folders" if allowed else "folders"
+            if configured == "keywords" and not allowed:
+                log.warning(
+                    "labels.mode is keywords but the server does not allow keywords "
+                    "(no \\* in PERMANENTFLAGS); using label folders instead"
+                )
+            self.mode = labelling.keyword_mode(configured, allowed)
         self.summary.label_mode = self.mode
         return self.mode
 
