@@ -710,7 +710,9 @@ def _parse_since(value: str | None) -> Any:
 
 
 def _iso(value: Any) -> str | None:
-    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+    from guard.store import iso_z
+
+    return iso_z(value)
 
 
 @app.command()

@@ -479,10 +479,7 @@ def _file_name(number: int, width: int, row: st.StoredMessage) -> str:
     return f"{MESSAGES_DIR}/{number:0{width}d}-{day}-{_slug(row.subject)}.eml"
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.replace(microsecond=0).isoformat() + "Z"
+_iso = st.iso_z
 
 
 def _date_header(raw: bytes) -> str | None:

@@ -45,6 +45,11 @@ def as_utc_naive(value: datetime | None) -> datetime | None:
     return value
 
 
+def iso_z(value: datetime | None) -> str | None:
+    """A stored (naive UTC) time as ISO 8601 with a Z, to the second; None stays None."""
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
 # --------------------------------------------------------------------------- tables
 
 
