@@ -16,6 +16,18 @@ CATEGORIES: tuple[str, ...] = (
 )
 LEVELS: tuple[str, ...] = ("none", "low", "medium", "high")
 
+# A message the guard could not read whole (text cut by a limit, too many parts, a parse
+# that failed or ran out of time, a row the store refused) is judged on what was read and
+# also marked "unchecked": a finding of this rule and category (score 0, never counted in
+# ``Verdict.categories``), the label ``Guard/Unchecked`` and a line in the digest.
+UNCHECKED_RULE = "guard.unchecked"
+UNCHECKED_CATEGORY = "unchecked"
+UNCHECKED_EXPLANATION = (
+    "Part of this message could not be read whole, so the guard judged only what it could "
+    "read. Read it with care before you act on it, and do not open its links or "
+    "attachments unless you know the sender."
+)
+
 
 class RulesError(ValueError):
     """A rules file is unreadable or invalid; the message names the file and the key."""
@@ -55,6 +67,7 @@ class Verdict:
     categories: tuple[str, ...]
     findings: tuple[Finding, ...]
     notes: tuple[str, ...] = ()
+    unchecked: tuple[str, ...] = ()  # why the message could not be read whole, if it could not
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,3 +81,17 @@ class Verdict:
 def level_at_least(risk: str, minimum: str) -> bool:
     """True when ``risk`` is the same as or above ``minimum`` (both from LEVELS)."""
     return LEVELS.index(risk) >= LEVELS.index(minimum)
+
+
+def unchecked_finding(reasons: tuple[str, ...] | list[str]) -> Finding:
+    """The finding that marks a message as not read whole; ``reasons`` are short lines."""
+    return Finding(
+        rule=UNCHECKED_RULE,
+        category=UNCHECKED_CATEGORY,
+        score=0.0,
+        where="message",
+        evidence="; ".join(reasons)[:240],
+        explanation=UNCHECKED_EXPLANATION,
+        description="Message not read whole",
+        supporting=True,
+    )
