@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORPUS ?= tests/fixtures/demo
 
-.PHONY: install test test-servers lint demo bench
+.PHONY: install test test-servers lint demo bench train eval
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y --no-install-recommends python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -35,3 +35,16 @@ demo: install test-servers
 # record the table in benchmarks/README.md, ARGS=--shared-corpus for real ham.
 bench: install test-servers
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+# Issue 12: fit the learned scores (guard/policy/weights.toml) on the shared corpora and
+# print fitted and held-out-writer figures. Reproducible: same corpora, same file.
+CORPUS_ROOT ?= ../shared/corpus
+train: install
+	$(BIN)/python training/train.py --corpus-root $(CORPUS_ROOT) $(ARGS)
+
+# Issue 12: one table, every corpus under CORPUS_ROOT x macro-F1, risky recall, ham flag
+# rate, obfuscated / non-English recall, recall per category (an absent root: one line,
+# status 0). ARGS=--misses lists each corpus's misses; ARGS='--format markdown' or json.
+CORPUS_ROOT ?= ../shared/corpus
+eval: install
+	$(BIN)/inbox-guard eval --table $(CORPUS_ROOT) $(ARGS)

@@ -1,10 +1,12 @@
 """The policy engine: a pure function from (rules, Message) to a Verdict.
 
 ``load_rules`` reads the built-in rules shipped with the package plus any user rule
-files; ``evaluate`` runs normalisation, text rules and structural checks on one message.
+files; ``evaluate`` (``judge.py``) splits the body into new and quoted text, runs the text
+rules, structural checks and concept detection, and adds up the learned scores.
 """
 
-from guard.policy.engine import RuleSet, evaluate, load_rules
+from guard.policy.engine import RuleSet, load_rules
+from guard.policy.judge import evaluate
 from guard.policy.model import CATEGORIES, LEVELS, Finding, RulesError, Verdict, level_at_least
 
 __all__ = [

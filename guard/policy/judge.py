@@ -1,0 +1,257 @@
+"""The verdict on one message: segmentation, rules, concepts and learned scores together.
+
+``evaluate`` is what ``check``, ``scan``, ``eval``, tests and benchmarks call:
+
+1. the body is split into new text, quoted history and signature (``segment.py``); in a
+   message that is not a reply (no In-Reply-To/References, no "Re:"-style subject) quoted-
+   looking text counts as new, so a sender cannot hide a request behind a fake quote mark;
+2. the rules and structural checks run on the message with the new text as its body
+   (``engine.evaluate``), and the rules run once more on the quoted text and signature,
+   whose findings only count as context;
+3. concepts are found in the subject and the new text (``concepts.py``) and turned into
+   features: a concept alone, or two in one sentence or adjacent ones;
+4. the learned scores (``weights.toml``, made by ``make train``) add the features up per
+   category (``learned.py``). Every counting category names its findings: the rules that
+   fired, with their evidence, and one finding for the concept combinations that carried
+   it, whose evidence is the sentence where they occur.
+
+Without a weights file the rule engine's own verdict on the new text is returned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from functools import lru_cache
+
+from guard.message import Message
+from guard.policy import concepts as cn
+from guard.policy import engine
+from guard.policy.learned import FeatureView, Weights, load_weights
+from guard.policy.model import CATEGORIES, UNCHECKED_RULE, Finding, Verdict
+from guard.policy.segment import Segments, split
+
+_REPLY_SUBJECT = re.compile(
+    r"^\s*(?:re|aw|sv|vs|ref|rif|res|odp|yn|tr|fw|fwd|wg|rv|enc|ответ|от|回复|答复)\s*(?:\[\d+\])?\s*[:：]",
+    re.IGNORECASE,
+)
+
+# What to do, per category, for the finding that the concept combinations make.
+ADVICE: dict[str, str] = {
+    "off_platform_payment": (
+        "The message proposes paying or being paid outside the platform. Payments outside "
+        "escrow lose the platform's payment protection and break its terms. Decline politely "
+        "and keep every payment on the platform."
+    ),
+    "off_platform_contact": (
+        "The message moves the conversation off the platform (a messenger, a phone call, a "
+        "private address) before or without a contract. That is the usual first step of "
+        "scams and off-platform deals: keep talking on the platform."
+    ),
+    "contact_request": (
+        "The message asks for your personal contact details. Keep your personal number, "
+        "address and social profiles to yourself; the platform's messages are enough."
+    ),
+    "personal_data": (
+        "The message asks for (or exposes) sensitive personal data: identity documents, "
+        "passwords, codes or card and bank details. Never send them by mail or chat."
+    ),
+    "scam": (
+        "The message has the marks of a known fraud (money up front, equipment or fees to "
+        "buy, cheques and refunds of the difference, investments, gift cards, account "
+        "rental). Do not pay or send anything; report the sender to the platform."
+    ),
+    "phishing": (
+        "The message imitates a trusted sender or carries deceptive links or attachments. "
+        "Do not click, log in or open attachments from it; go to the site yourself."
+    ),
+    "dispute": (
+        "The relationship is turning into a dispute (cancellation, refund or chargeback "
+        "demands, refusal to pay, review threats). Keep every message and file, answer on "
+        "the platform, and export the thread as evidence."
+    ),
+}
+
+
+@lru_cache(maxsize=1)
+def builtin_concepts() -> cn.ConceptSet:
+    return cn.load_builtin()
+
+
+@lru_cache(maxsize=1)
+def builtin_weights() -> Weights:
+    return load_weights()
+
+
+def is_reply(msg: Message) -> bool:
+    return bool(msg.in_reply_to or msg.references or _REPLY_SUBJECT.match(msg.subject or ""))
+
+
+def _split(text: str, reply: bool) -> Segments:
+    parts = split(text)
+    if reply or not parts.quoted:
+        return parts
+    # Not a reply: what looks quoted is the sender's own text and counts as new.
+    return Segments("\n".join(p for p in (parts.new, parts.quoted) if p), "", parts.signature)
+
+
+def segments(msg: Message) -> tuple[Segments, Segments]:
+    """The segments of the plain and the HTML text. In a message that is not a reply the
+    quoted-looking text counts as new (only the signature is set apart)."""
+    reply = is_reply(msg)
+    return _split(msg.text, reply), _split(msg.html_text, reply)
+
+
+def _context_text(plain: Segments, html: Segments) -> tuple[str, str]:
+    quoted = plain.quoted if plain.quoted.strip() else html.quoted
+    signature = plain.signature if plain.signature.strip() else html.signature
+    return quoted, signature
+
+
+class _Judged:
+    """Everything one message yields before the learned scores are applied."""
+
+    __slots__ = ("concept_fields", "new_verdict", "view")
+
+    def __init__(
+        self, new_verdict: Verdict, view: FeatureView, concept_fields: dict[str, engine._Field]
+    ) -> None:
+        self.new_verdict = new_verdict
+        self.view = view
+        self.concept_fields = concept_fields
+
+
+def _judge(rules: engine.RuleSet, msg: Message, cs: cn.ConceptSet) -> _Judged:
+    plain, html = segments(msg)
+    new_msg = replace(msg, text=plain.new, html_text=html.new)
+    new_verdict = engine.evaluate(rules, new_msg)
+    view = FeatureView()
+    for f in new_verdict.findings:
+        if f.rule != UNCHECKED_RULE and f.category in CATEGORIES:
+            view.rules.setdefault(f.rule, f.category)
+    quoted, signature = _context_text(plain, html)
+    for text, into, flag in (
+        (quoted, view.quoted_categories, "ctx:quoted"),
+        (signature, view.signature_categories, "ctx:signature"),
+    ):
+        if not text.strip():
+            continue
+        view.context.add(flag)
+        side = engine.evaluate(
+            rules,
+            Message(text=text, from_=msg.from_, list_id=msg.list_id, precedence=msg.precedence),
+        )
+        into.update(
+            f.category for f in side.findings if f.category in CATEGORIES and f.score > 0
+        )
+    if msg.is_bulk:
+        view.context.add("ctx:bulk")
+    if is_reply(msg):
+        view.context.add("ctx:reply")
+    if engine.is_trusted_platform_sender(rules.structural, msg):
+        view.context.add("ctx:platform_notice")
+    fields: dict[str, engine._Field] = {}
+    body = new_msg.body
+    if html.new.strip() and plain.new.strip() and html.new.strip() != plain.new.strip():
+        body = f"{plain.new}\n{html.new}"
+    for name, text in (("subject", msg.subject), ("body", body)):
+        if not text:
+            continue
+        text = text[: engine.MAX_SCAN_CHARS]
+        fld = engine._Field(text, rules)
+        fields[name] = fld
+        for feature, (start, end) in cn.concept_pairs(cn.find_concepts(cs, fld.norm)).items():
+            if feature not in view.concepts:
+                view.concepts[feature] = (name, start, end)
+    return _Judged(new_verdict, view, fields)
+
+
+def feature_view(rules: engine.RuleSet, msg: Message) -> FeatureView:
+    """The features of ``msg`` (what ``make train`` fits weights on)."""
+    return _judge(rules, msg, builtin_concepts()).view
+
+
+def _concept_title(feature: str) -> str:
+    return " + ".join(part.replace("_", " ") for part in feature.split("+"))
+
+
+def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None) -> Verdict:
+    """The verdict on ``msg``: see the module docstring."""
+    weights = builtin_weights() if weights is None else weights
+    if not weights.active:
+        plain, html = segments(msg)
+        return engine.evaluate(rules, replace(msg, text=plain.new, html_text=html.new))
+    judged = _judge(rules, msg, builtin_concepts())
+    view = judged.view
+    findings: list[Finding] = []
+    per_category: dict[str, float] = {}
+    for category in CATEGORIES:
+        table = weights.features.get(category, {})
+        total = 0.0
+        shown: list[Finding] = []
+        for f in judged.new_verdict.findings:
+            if f.category != category or f.rule == UNCHECKED_RULE:
+                continue
+            score = rules_score(rules, weights, f)
+            if score <= 0:
+                continue
+            total += score
+            shown.append(replace(f, score=round(score, 2), dampened=False, supporting=False))
+        best: tuple[float, str] | None = None
+        concept_sum = 0.0
+        parts: list[str] = []
+        for name in view.names(category):
+            if name.startswith("rule:"):
+                continue
+            score = table.get(name, 0.0)
+            if not score:
+                continue
+            total += score
+            if name.startswith("concept:") and score > 0:
+                concept_sum += score
+                parts.append(name[8:])
+                if best is None or score > best[0]:
+                    best = (score, name[8:])
+        if best is not None and concept_sum > 0:
+            where, start, end = view.concepts[best[1]]
+            fld = judged.concept_fields[where]
+            top = sorted(parts, key=lambda p: -table.get("concept:" + p, 0.0))[:3]
+            shown.append(
+                Finding(
+                    rule=f"concepts.{category}",
+                    category=category,
+                    score=round(concept_sum, 2),
+                    where=where,
+                    evidence=fld.evidence(start, end),
+                    explanation=ADVICE[category],
+                    description="What the message talks about: "
+                    + "; ".join(_concept_title(p) for p in top),
+                )
+            )
+        per_category[category] = total
+        if total >= rules.levels["low"]:
+            findings.extend(shown)
+    counting = [c for c in CATEGORIES if per_category[c] >= rules.levels["low"]]
+    score = round(sum(per_category[c] for c in counting), 2)
+    risk = "none"
+    for level in ("low", "medium", "high"):
+        if counting and score >= rules.levels[level]:
+            risk = level
+    unchecked = [f for f in judged.new_verdict.findings if f.rule == UNCHECKED_RULE]
+    findings.sort(key=lambda f: (-f.score, f.rule))
+    findings.extend(unchecked)
+    return Verdict(
+        risk=risk,
+        score=score,
+        categories=tuple(counting),
+        findings=tuple(findings),
+        notes=judged.new_verdict.notes,
+        unchecked=judged.new_verdict.unchecked,
+    )
+
+
+def rules_score(rules: engine.RuleSet, weights: Weights, finding: Finding) -> float:
+    """A rule's learned score, unless the user's own rules file set one."""
+    if finding.rule in rules.user_scores:
+        return finding.score
+    return weights.rules.get(finding.rule, finding.score)
