@@ -325,13 +325,20 @@ def check(
 # --------------------------------------------------------------------------- eval
 
 
+class EvalFormat(StrEnum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
 @app.command(name="eval")
 def eval_command(
     corpus: Annotated[
         Path,
         typer.Argument(
             metavar="CORPUS_DIR",
-            help="A directory with labels.csv (file,categories,notes) and the messages.",
+            help="A directory with labels.csv (file,categories,notes) and the messages; "
+            "with --table, a root of corpora.",
             show_default=False,
         ),
     ],
@@ -342,13 +349,32 @@ def eval_command(
     min_risk: Annotated[
         Level, typer.Option("--min-risk", help="A message counts as flagged at this risk.")
     ] = Level.low,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
+    fmt: Annotated[
+        EvalFormat, typer.Option("--format", "-f", help="text, json or markdown (--table).")
+    ] = EvalFormat.text,
     all_ham: Annotated[
         bool, typer.Option("--all-ham", help="No labels: every message found is ham.")
     ] = False,
     all_risky: Annotated[
         bool, typer.Option("--all-risky", help="No labels: every message found is risky.")
     ] = False,
+    table: Annotated[
+        bool,
+        typer.Option(
+            "--table",
+            help="CORPUS_DIR is a root: one table of every corpus under it (*/labels.csv, "
+            "*/*/labels.csv, public/ham as --all-ham, public/risky as --all-risky).",
+        ),
+    ] = False,
+    list_misses: Annotated[
+        bool, typer.Option("--misses", help="--table: list each corpus's FN and FP messages.")
+    ] = False,
+    misses_limit: Annotated[
+        int, typer.Option("--misses-limit", min=0, help="--misses: per corpus; 0 = all.")
+    ] = 100,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="--table: worker processes.")
+    ] = min(2, os.cpu_count() or 1),
 ) -> None:
     """Measure the rules on a corpus: per-category precision/recall/F1, flag rates, misses."""
     from guard import evaluation as ev
@@ -358,6 +384,13 @@ def eval_command(
 
     if all_ham and all_risky:
         fail("--all-ham and --all-risky cannot be used together")
+    if table:
+        if all_ham or all_risky:
+            fail("--table reads public/ham and public/risky by itself: drop --all-ham/--all-risky")
+        _eval_table(corpus, rules or [], min_risk.value, fmt, list_misses, misses_limit, jobs)
+        return
+    if fmt is EvalFormat.markdown:
+        fail("--format markdown needs --table")
     if not corpus.is_dir():
         reason = "not a directory" if corpus.exists() else "No such file or directory"
         fail(f"cannot read '{corpus}': {reason}")
@@ -414,13 +447,45 @@ def eval_command(
         data = ev.report_to_dict(labelled)
         lines = ev.render_report(labelled)
 
-    if fmt is Format.json:
+    if fmt is EvalFormat.json:
         sys.stdout.write(json_line(data) + "\n")
     else:
         sys.stdout.write("".join(_indented(line) + "\n" for line in lines))
     sys.stdout.flush()
     if read_errors:
         raise typer.Exit(2)
+
+
+def _eval_table(
+    root: Path,
+    rules: Sequence[Path],
+    level: str,
+    fmt: EvalFormat,
+    list_misses: bool,
+    misses_limit: int,
+    jobs: int,
+) -> None:
+    """``eval --table``: one line and status 0 when the root is absent (it is optional)."""
+    from guard.eval_corpora import run_table
+
+    if not root.exists():
+        sys.stdout.write(clean(f"corpus root '{root}' is absent: nothing to evaluate") + "\n")
+        return
+    if not root.is_dir():
+        fail(f"corpus root '{root}': not a directory")
+    _load_rules(rules)  # a bad rules file fails here, once, not in every worker
+    output, errors, status = run_table(
+        root, [str(r) for r in rules], level, jobs, fmt.value, list_misses, misses_limit
+    )
+    if isinstance(output, dict):
+        sys.stdout.write(json_line(output) + "\n")
+    else:
+        sys.stdout.write("".join(_indented(line) + "\n" for line in output))
+    sys.stdout.flush()
+    for message in errors:
+        error(message)
+    if status:
+        raise typer.Exit(status)
 
 
 # --------------------------------------------------------------------------- scan
@@ -884,16 +949,26 @@ def export(
         str | None,
         typer.Option("--account", metavar="NAME", help="Only threads of this [[account]]."),
     ] = None,
+    mail_hash: Annotated[
+        bool,
+        typer.Option(
+            "--mail-hash",
+            help="Also mail the bundle's MANIFEST.json SHA-256 to the digest address "
+            "(needs [digest] and [smtp]): a dated copy kept outside the bundle.",
+        ),
+    ] = False,
     config_path: ConfigOption = None,
 ) -> None:
     """Write a dispute evidence bundle (original .eml files, timeline, SHA-256 manifest).
 
     Every message of the thread as the original .eml, a timeline (HTML and text) and a
-    manifest of SHA-256 hashes that `verify` checks.
+    manifest of SHA-256 hashes that `verify` checks. Note the MANIFEST.json SHA-256 it
+    prints (or use --mail-hash): `verify --expect` compares a bundle with it.
 
     Exit status: 0 when every message is in the bundle; 1 when the bundle was written but
     some message could not be obtained (each is named on stderr and listed as missing in
-    MANIFEST.json with the reason), or on a store or server failure; 2 on bad usage.
+    MANIFEST.json with the reason), or its hash could not be mailed, or on a store or
+    server failure; 2 on bad usage.
     """
     from guard import export as ex
     from guard.store import StoreError
@@ -912,6 +987,8 @@ def export(
     if not out.parent.is_dir():
         fail(f"cannot write '{out}': no such directory '{out.parent}'")
     config = _load_config(config_path)
+    if mail_hash and (config.digest is None or config.smtp is None):
+        fail("--mail-hash needs [digest] and [smtp] in the configuration")
     _quiet_libraries()
     store = _open_store(config)
     source = ex.ImapSource(config)
@@ -966,11 +1043,25 @@ def export(
         f"{result.files} files; MANIFEST.json SHA-256 {result.manifest_sha256}\n"
     )
     sys.stdout.flush()
+    mail_failed = False
+    if mail_hash:
+        try:
+            recipients = ex.mail_manifest_hash(config, result, matches)
+        except ex.ExportError as exc:
+            error(f"the bundle was written, but its hash could not be mailed: {exc}")
+            mail_failed = True
+        else:
+            sys.stdout.write(
+                f"mailed the MANIFEST.json SHA-256 to {clean(', '.join(recipients))}\n"
+            )
+            sys.stdout.flush()
     if result.incomplete:
         error(
             f"the bundle is incomplete: {len(result.incomplete)} of {total} message(s) "
             "could not be included whole (listed in MANIFEST.json with the reason)"
         )
+        raise typer.Exit(1)
+    if mail_failed:
         raise typer.Exit(1)
 
 
@@ -982,20 +1073,55 @@ def verify(
             metavar="FILE.zip", help="A bundle written by `export`.", show_default=False
         ),
     ],
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            "--expect",
+            metavar="SHA256",
+            help="The MANIFEST.json SHA-256 noted (or mailed) when the bundle was made: "
+            "fail unless the bundle has exactly this manifest.",
+        ),
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing",
+            help="Accept messages the manifest lists as missing (not in the bundle).",
+        ),
+    ] = False,
 ) -> None:
-    """Check an evidence bundle: recompute the SHA-256 of every file (nothing is extracted).
+    """Check an evidence bundle without extracting anything.
 
-    Exit status: 0 when every hash matches ("OK: N messages, M files verified"; M counts
+    Prints the SHA-256 of MANIFEST.json (compare it with the one noted at export time, or
+    give it as --expect); recomputes the SHA-256 of every file and compares each message
+    with the hash inbox-guard recorded when it first saw it; refuses entries an unzip
+    tool could not write safely (links, absolute or drive-letter paths, "..", dot-files,
+    names differing only in case, duplicates).
+
+    Exit status: 0 when everything matches ("OK: N messages, M files verified"; M counts
     every file of the bundle, the messages and both manifest files included); 1 when a
-    file was altered, is missing or was added (one line on stderr per problem, the first
-    altered/missing/extra file first); 2 when FILE.zip is not a readable zip at all.
+    file was altered, is missing or was added, a message is listed as missing (without
+    --allow-missing), an entry is unsafe, or the --expect hash differs (one line on
+    stderr per problem); 2 when FILE.zip or one of its entries cannot be read (not a zip,
+    truncated, encrypted, another compression, damaged) or on bad usage.
     """
     from guard import export as ex
 
+    if expect is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expect.strip()):
+        fail("--expect must be a SHA-256: 64 hexadecimal digits")
     try:
-        report = ex.verify_bundle(bundle)
+        report = ex.verify_bundle(bundle, expect=expect, allow_missing=allow_missing)
     except ex.BundleError as exc:
         fail(str(exc), 2)
+    if report.manifest_sha256 is not None:
+        note = (
+            "the expected one"
+            if expect is not None and expect.strip().lower() == report.manifest_sha256
+            else "compare it with the one noted when the bundle was made, or use --expect"
+            if expect is None
+            else "NOT the expected one"
+        )
+        sys.stdout.write(f"MANIFEST.json SHA-256 {report.manifest_sha256} ({note})\n")
     for problem in report.problems:
         error(problem)
     if report.problems:
@@ -1009,6 +1135,11 @@ def verify(
     ]
     if gaps:
         line += f" ({', '.join(gaps)} in MANIFEST.json)"
+    if report.prefix_only:
+        line += (
+            f"; {report.prefix_only} message(s) matched on the first bytes inbox-guard "
+            "recorded only"
+        )
     sys.stdout.write(line + "\n")
 
 

@@ -417,7 +417,10 @@ class ImapSettings(_ServerSettings):
     """None means INBOX plus the folder with the special-use ``\\Sent`` attribute."""
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 200
     max_message_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
-    """Larger messages are fetched only in part (the scanner records them as skipped)."""
+    """Larger messages are fetched only in part (the scanner records them as unchecked)."""
+    batch_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    """Message bytes a scan holds in memory at once; a batch is fetched and recorded in
+    runs that fit (a single message bigger than this is a run of its own)."""
 
     @model_validator(mode="after")
     def _check_folders(self) -> typing.Self:

@@ -8,15 +8,19 @@ network trouble quickly at first (5 s, doubling, up to the poll interval), a ref
 login slowly (5 min, doubling, up to an hour) so a wrong password never turns into a
 lockout storm at the provider.
 
-Signals: SIGTERM/SIGINT ask the scan to stop after its current batch (committed), then
-exit 0 — within 10 s: if the server does not answer in time the connection is cut, and
-the unfinished batch is simply read again next time. SIGHUP reloads the configuration and
-rules (a broken new file is reported and the old one kept).
+Signals: SIGTERM/SIGINT ask the scan to stop before the next message it would judge or
+the next store write (what was committed stays; the rest is read again next time), then
+exit 0 — within 10 s: if the server does not answer in time the connection is cut; if a
+message is still being judged after that (a parse the guard cannot interrupt), the
+process exits without it, and without ever writing to a store it has closed: that message
+is simply judged again at the next start. SIGHUP reloads the configuration and rules (a
+broken new file is reported and the old one kept).
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import select
@@ -48,7 +52,9 @@ from guard.scan import ScanControl, ScanError, ScanSettings, ScanSummary, scan
 
 log = logging.getLogger("inbox-guard")
 
-STOP_GRACE = 7.0  # seconds a running batch may take to finish after SIGTERM
+STOP_GRACE = 7.0  # seconds a running scan may take to reach a stopping point after SIGTERM
+STOP_CUT_WAIT = 2.0  # then seconds after cutting its connection, before exiting without it
+STOP_BACKSTOP = 9.5  # hard exit if even that could not run (a C call holding the GIL)
 NETWORK_BACKOFF = (5.0, 2.0)  # first delay, factor (capped at the poll interval)
 LOGIN_BACKOFF = (300.0, 2.0, 3600.0)  # first delay, factor, cap
 
@@ -167,6 +173,7 @@ class Daemon:
         self.parallel = threading.BoundedSemaphore(self.config.schedule.max_parallel)
         self.idle_threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self.abandoned = False  # shutdown gave up on a scan still running: exit without it
 
     @property
     def scans(self) -> int:
@@ -207,6 +214,14 @@ class Daemon:
             log.info(
                 "%sscan recovered after %d failed attempt(s)", _who(config, name), state.failures
             )
+        if summary.stopped:
+            log.info(
+                "%sscan stopped: %d new, %d risky recorded; the rest is read at the next start",
+                _who(config, name),
+                summary.new_messages,
+                summary.risky,
+            )
+            return
         state.failures = 0
         state.last_error = None
         state.last_summary = summary
@@ -226,6 +241,9 @@ class Daemon:
             self._retry_pending_digest(name)
 
     def _scan_failed(self, state: AccountState, exc: ScanError) -> None:
+        if self.stopping.is_set():
+            log.info("%sscan ended by the stop: %s", _who(self.config, state.name), exc)
+            return
         state.failures += 1
         state.last_error = str(exc)
         poll = float(self.config.schedule.poll_interval)
@@ -498,8 +516,13 @@ class Daemon:
         return self.shutdown()
 
     def shutdown(self) -> int:
-        log.info("stopping: finishing the current batch")
+        log.info("stopping: the scan stops before its next message")
         sd_notify("STOPPING=1", self.env)
+        # Last resort, run by a C thread that needs no interpreter lock: if a call that
+        # holds it (a long regular expression, say) keeps even the steps below from
+        # running, the process still ends before systemd's stop timeout.
+        backstop = open(os.devnull, "w")  # noqa: SIM115 - must outlive this function
+        faulthandler.dump_traceback_later(STOP_BACKSTOP, exit=True, file=backstop)
         done = threading.Event()
 
         def stop_scheduler() -> None:
@@ -514,8 +537,18 @@ class Daemon:
                     log.warning("the server did not answer in time; closing the connection")
                     with contextlib.suppress(Exception):  # it may be closing already
                         conn.client.shutdown()
-            done.wait(2.0)
-        self.store.close()
+            done.wait(STOP_CUT_WAIT)
+        if not done.is_set():
+            # A message is still being judged: its scan writes nothing more once it sees
+            # the stop, and this process ends now (run() exits without waiting for it).
+            # The store is left open for that reason: it is never written after close.
+            log.warning(
+                "stopping without the message being judged; it is judged again at the next start"
+            )
+            self.abandoned = True
+        else:
+            self.store.close()
+            faulthandler.cancel_dump_traceback_later()
         log.info("stopped")
         return 0
 
@@ -562,4 +595,10 @@ def run(config_path: Path | None, verbose: bool = False) -> int:
     started = time.monotonic()
     status = daemon.run()
     log.debug("ran %.0f s, %d scans", time.monotonic() - started, daemon.scans)
+    if daemon.abandoned:
+        # A scan thread is still inside one message: the interpreter would wait for it at
+        # exit. Nothing it holds needs saving (every committed unit is complete; it
+        # writes nothing after the stop), so end the process here.
+        logging.shutdown()
+        os._exit(status)
     return status

@@ -28,6 +28,7 @@ import secrets
 import smtplib
 import socket
 import ssl
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 
+import idna
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
@@ -44,7 +46,7 @@ from guard import templating
 from guard.config import Config, ConfigError, DigestSettings, Secret, SmtpSettings
 from guard.config import default_state_dir as _default_state_dir
 from guard.labels import CATEGORY_TITLES, LEVEL_TITLES
-from guard.policy.model import CATEGORIES, LEVELS
+from guard.policy.model import CATEGORIES, LEVELS, UNCHECKED_EXPLANATION, UNCHECKED_RULE
 
 __all__ = [
     "ADVICE",
@@ -102,20 +104,68 @@ _ANSI = re.compile(
     r"|\x9b[0-?]*[ -/]*[@-~]"
 )
 _BREAKS = re.compile("[\t\n\v\f\r\x85\u2028\u2029]")
-_INVISIBLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
-    "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
-    "\ud800-\udfff\U000e0000-\U000e0fff]"
-)
+
+# Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt): characters
+# a renderer shows as nothing, whether or not they are assigned yet. Python has no lookup
+# for the property, so it is listed here and joined with every format character (Cf) of
+# the running Python's Unicode tables (Cf lives in planes 0, 1 and 14 only).
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)  # fmt: skip
+# Also gone: C0/C1 controls, lone surrogates, and the interlinear annotation marks.
+_ALSO_HIDDEN = ((0x00, 0x1F), (0x7F, 0x9F), (0xD800, 0xDFFF), (0xFFF9, 0xFFFB))
+
+
+def _char_class(points: set[int]) -> str:
+    runs: list[list[int]] = []
+    for c in sorted(points):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "".join(
+        re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
+        for lo, hi in runs
+    )
+
+
+def _unicode_classes() -> tuple[str, str]:
+    """(characters to remove, marks and symbols that can be part of a domain label)."""
+    hidden = {c for lo, hi in (*_DEFAULT_IGNORABLE, *_ALSO_HIDDEN) for c in range(lo, hi + 1)}
+    marks: set[int] = set()
+    for plane in (range(0x80, 0x20000), range(0xE0000, 0xE1000)):
+        for c in plane:
+            category = unicodedata.category(chr(c))
+            if category == "Cf":
+                hidden.add(c)
+            elif category[0] == "M" or category == "So":  # accents, vowel signs, emoji
+                marks.add(c)
+    return _char_class(hidden), _char_class(marks - hidden)
+
+
+_HIDDEN_CLASS, _MARK_CLASS = _unicode_classes()
+_INVISIBLE = re.compile(f"[{_HIDDEN_CLASS}]")
 _SPACES = re.compile(r"\s+")
 
 # Defanging. A host is dot-separated labels ending in an alphabetic (or punycode) TLD; the
 # ideographic and full-width dots count, since IDNA maps them to "." in browsers.
 _DOT = "[.\u3002\uff0e\uff61]"
-_LABEL = r"[^\W_](?:[\w-]{0,62}[^\W_])?"
-_TLD = r"(?:[^\W\d_]{2,63}|[xX][nN]--[a-zA-Z0-9-]{1,59})"
+# Labels may start or end with "_" or "-" (resolvers and some browsers accept
+# "_evil.example"); a host ends where no letter or digit follows, unless what follows is
+# the local part of an e-mail address ("john.doe@"), which is not a host.
+_LC = rf"[\w{_MARK_CLASS}-]"  # a character of a label
+_LABEL = rf"{_LC}+"
+_TLD = rf"(?:[^\W\d_](?:[^\W\d_]|[{_MARK_CLASS}]){{1,62}}|[xX][nN]--[a-zA-Z0-9-]{{1,59}})"
 _HOST = rf"(?:{_LABEL}{_DOT})+{_TLD}"
 _IPV4 = r"\d{1,3}(?:" + _DOT + r"\d{1,3}){3}"
+# A host is only looked for where a run of labels starts (not after "label."): a long
+# "a.a.a.a…1" is then tried once, in linear time, instead of once per label.
+_HOST_START = rf"(?<!{_LC})(?<!{_LC}{_DOT})"
+_END = r"(?![^\W_])(?![\w-]*@)"
 _DEFANG = re.compile(
     # a URL with an authority: scheme://[user@]host[:port] then the rest up to white space
     r"(?P<scheme>(?<![a-zA-Z])[a-zA-Z][a-zA-Z0-9+-]{0,30})://(?P<authority>[^\s/?#<>\"'`\\]*)"
@@ -123,9 +173,9 @@ _DEFANG = re.compile(
     # schemes that run code or carry a document without "//"
     r"|(?P<pseudo>\b(?i:javascript|vbscript|data(?=:\w+/)))\s*:"
     # a bare host name, also the domain of an e-mail address (the local part stays)
-    rf"|(?<![\w-])(?P<host>{_HOST}|{_IPV4})(?![\w@-])"
+    rf"|{_HOST_START}(?P<host>{_HOST}){_END}|(?<![\w-])(?P<ip>{_IPV4}){_END}"
 )
-_HOST_ONLY = re.compile(rf"(?<![\w-]){_HOST}(?![\w@-])")
+_HOST_ONLY = re.compile(rf"{_HOST_START}{_HOST}{_END}")
 _SCHEMES = {"http": "hxxp", "https": "hxxps", "ftp": "fxp", "ftps": "fxps", "ws": "wxs"}
 _SCHEMES["wss"] = "wxss"
 _DEFANGED_SCHEMES = frozenset(_SCHEMES.values())
@@ -154,7 +204,7 @@ def _defang_match(match: re.Match[str]) -> str:
     pseudo = match.group("pseudo")
     if pseudo is not None:
         return pseudo + "[:]"
-    return _defang_dots(match.group("host"))
+    return _defang_dots(match.group("host") or match.group("ip"))
 
 
 def defang(text: str) -> str:
@@ -162,9 +212,11 @@ def defang(text: str) -> str:
 
     ``https://pay.example.com/x`` → ``hxxps://pay[.]example[.]com/x``; a bare
     ``www.evil.example`` → ``www[.]evil[.]example``; ``bob@evil.example`` →
-    ``bob@evil[.]example``; IP addresses and punycode or Unicode domains alike;
-    ``javascript:`` → ``javascript[:]``. Over-eager on purpose: ``invoice.zip`` becomes
-    ``invoice[.]zip`` (and ``.zip`` is a real top-level domain).
+    ``bob@evil[.]example``; ``_evil.example_`` → ``_evil[.]example_``; IP addresses and
+    punycode or Unicode domains alike, a Unicode one followed by its punycode
+    (``pаypal[.]com (xn--pypal-4ve[.]com)``); ``javascript:`` → ``javascript[:]``.
+    Over-eager on purpose: ``invoice.zip`` becomes ``invoice[.]zip`` (and ``.zip`` is a
+    real top-level domain).
 
     Defanged text comes back unchanged: the substitution is repeated until nothing
     changes (one pass almost always; a crafted string such as ``x.https://`` can expose
@@ -175,7 +227,54 @@ def defang(text: str) -> str:
         if result == text:
             break
         text = result
-    return text
+    return _with_punycode(text)
+
+
+# A host as defang() leaves it: labels joined by "[.]".
+_DEFANGED_HOST = re.compile(rf"(?<!{_LC})(?:{_LABEL}\[\.\])+{_LABEL}")
+
+
+def _ace_label(label: str) -> str:
+    """One label as the DNS sees it: IDNA 2008 with UTS #46 mapping (what browsers do),
+    else IDNA 2003 (emoji domains), else the bare Punycode of the letters as written;
+    never an exception."""
+    if label.isascii():
+        return label.lower()
+    try:
+        return idna.encode(label, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        pass
+    try:
+        return label.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    try:
+        return "xn--" + label.lower().encode("punycode").decode("ascii")
+    except UnicodeError:
+        return "xn--?"
+
+
+def _ace_host(host: str) -> str:
+    return "[.]".join(_ace_label(label) for label in host.split("[.]"))
+
+
+def _punycode_beside(match: re.Match[str]) -> str:
+    host = match.group()
+    if host.isascii():
+        return host
+    note = f" ({_ace_host(host)})"
+    if match.string.startswith(note, match.end()):
+        return host  # already annotated: defang() stays idempotent
+    return host + note
+
+
+def _with_punycode(text: str) -> str:
+    """``pаypal[.]com`` (a Cyrillic "а") → ``pаypal[.]com (xn--pypal-4ve[.]com)``: a
+    non-ASCII host is followed by the name the DNS is asked for, so look-alike letters
+    cannot pass for the real domain."""
+    if text.isascii():
+        return text
+    return _DEFANGED_HOST.sub(_punycode_beside, text)
 
 
 def _plain(text: str | None, limit: int) -> str:
@@ -315,6 +414,21 @@ class ThreadView:
 
 
 @dataclass(frozen=True)
+class UncheckedView:
+    """A message the guard could not read whole (all text already made safe)."""
+
+    when: str
+    direction: str
+    sender: str
+    subject: str
+    folder: str
+    reason: str  # why, as the unchecked finding says ("more than 1000 MIME parts; ...")
+
+
+MAX_UNCHECKED = 50  # unchecked messages listed in one digest (the rest are counted)
+
+
+@dataclass(frozen=True)
 class DigestContent:
     """Everything a digest says, before rendering."""
 
@@ -331,6 +445,12 @@ class DigestContent:
     total_threads: int
     by_level: tuple[tuple[str, int], ...]  # (risk, threads), riskiest first, counts > 0
     by_category: tuple[tuple[str, str, int], ...]  # (category, title, threads)
+    unchecked: tuple[UncheckedView, ...] = ()  # at most MAX_UNCHECKED, oldest first
+    total_unchecked: int = 0  # messages first seen in the period that were not read whole
+
+    @property
+    def hidden_unchecked(self) -> int:
+        return self.total_unchecked - len(self.unchecked)
 
     @property
     def high(self) -> int:
@@ -448,6 +568,8 @@ def _thread_view(
     for m in members:
         evidence: list[str] = []
         for f in findings.get(m.id or -1, []):
+            if f.rule == UNCHECKED_RULE:  # listed in the digest's own unchecked section
+                continue
             if f.rule not in explanations and f.explanation.strip():
                 explanations[f.rule] = Explanation(
                     rule=_plain(f.rule, 80),
@@ -510,6 +632,7 @@ def select_digest(
         session, account, start, end, _levels_from(config.policy.min_risk)
     )
     scanned, scans = st.scan_totals_between(session, account, start, end)
+    unchecked = _unchecked_views(session, account, start, end, zone)
     views = tuple(
         _thread_view(session, t, i, start, end, zone)
         for i, t in enumerate(threads[:MAX_THREADS], 1)
@@ -533,7 +656,33 @@ def select_digest(
         total_threads=len(threads),
         by_level=tuple((r, n) for r, n in levels.items() if n),
         by_category=tuple((c, CATEGORY_TITLES[c], n) for c, n in categories.items() if n),
+        unchecked=tuple(unchecked[:MAX_UNCHECKED]),
+        total_unchecked=len(unchecked),
     )
+
+
+def _unchecked_views(
+    session: Session, account: str, start: datetime | None, end: datetime, zone: tzinfo
+) -> list[UncheckedView]:
+    """Every message first seen in (start, end] that the guard could not read whole,
+    whatever its risk: one line each, never left out because the message looked safe."""
+    out: list[UncheckedView] = []
+    seen: set[int] = set()
+    for m, f in st.findings_of_rule_between(session, account, UNCHECKED_RULE, start, end):
+        if m.id in seen:
+            continue
+        seen.add(m.id or 0)
+        out.append(
+            UncheckedView(
+                when=_local(m.date or m.internal_date, zone),
+                direction="out" if m.direction == "out" else "in",
+                sender=_sender(m),
+                subject=safe_text(m.subject, MAX_SUBJECT) or "(no subject)",
+                folder=_plain(m.folder, 80),
+                reason=safe_text(f.evidence) or "(no reason recorded)",
+            )
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- rendering
@@ -545,11 +694,13 @@ _wrap = templating.wrap
 
 def digest_subject(content: DigestContent) -> str:
     n = content.total_threads
+    u = content.total_unchecked
+    unread = f", {u} not read whole" if u else ""
     if n == 0:
-        return f"inbox-guard: nothing risky — {content.day}"
+        return f"inbox-guard: nothing risky{unread} — {content.day}"
     noun = "thread" if n == 1 else "threads"
     high = f" ({content.high} high)" if content.high else ""
-    return f"inbox-guard: {n} risky {noun}{high} — {content.day}"
+    return f"inbox-guard: {n} risky {noun}{high}{unread} — {content.day}"
 
 
 def render_digest(content: DigestContent) -> RenderedDigest:
@@ -560,6 +711,7 @@ def render_digest(content: DigestContent) -> RenderedDigest:
         "subject": digest_subject(content),
         "level_titles": LEVEL_TITLES,
         "not_legal_advice": NOT_LEGAL_ADVICE,
+        "unchecked_explanation": UNCHECKED_EXPLANATION,
     }
     text = env.get_template("digest.txt.j2").render(context)
     html = env.get_template("digest.html.j2").render(context)
@@ -631,7 +783,7 @@ def _build_locked(
         if start is not None and end <= start:
             return None
         rendered = render_digest(select_digest(session, config, account, start, end))
-    send = rendered.threads > 0 or settings.send_empty
+    send = rendered.threads > 0 or rendered.content.total_unchecked > 0 or settings.send_empty
     # Written in a transaction of its own: upgrading the read snapshot to a write would
     # fail on SQLite (SQLITE_BUSY_SNAPSHOT) if a scan committed meanwhile. The digest lock
     # keeps other digest runs from inserting a row in between.

@@ -13,17 +13,24 @@ APPEND was interrupted is looked for by its Message-ID before it is appended aga
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.header import Header
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
 import jinja2
+from sqlmodel import Session
 
+from guard import msgid
 from guard import store as st
 from guard.imap import DRAFTS, Connection
 from guard.message import Message
@@ -35,6 +42,31 @@ LANGUAGES = ("en", "es", "pt", "fr", "de", "ru")
 TRIGGERS = frozenset({"off_platform_payment", "off_platform_contact"})
 _PACKAGE_TEMPLATES = Path(__file__).parent / "templates" / "drafts"
 
+MAX_SUBJECT_CHARS = 300
+MAX_REFERENCES = 20
+_POLICY = email.policy.SMTP  # CRLF line ends, as IMAP APPEND wants them
+# Header text loses these: controls (Cc), lone surrogates (Cs), unassigned (Cn), line and
+# paragraph separators (Zl, Zp); and the bidirectional embeddings/overrides/isolates.
+_DROP = frozenset({"Cc", "Cs", "Cn", "Zl", "Zp"})
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DOMAIN = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+_DRAFT_HEADERS = (
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "x-inbox-guard",
+    "content-type",
+    "content-transfer-encoding",
+    "mime-version",
+)
+
 
 @dataclass
 class Candidate:
@@ -42,7 +74,15 @@ class Candidate:
 
     thread_id: str
     message: Message
-    to_address: str  # the address the client wrote to (the freelancer's work address)
+    from_address: str  # the mailbox's own address, from the configuration ("" if unknown)
+    row: DraftSource | None = None  # where the message is recorded (to follow thread merges)
+
+
+@dataclass(frozen=True)
+class DraftSource:
+    folder: str
+    uidvalidity: int
+    uid: int
 
 
 def detect_language(text: str) -> str:
@@ -72,9 +112,14 @@ def _environment(user_dir: Path | None) -> jinja2.Environment:
 
 
 def _first_name(display: str) -> str:
-    name = "".join(ch for ch in display if ch.isprintable() and ch not in "<>\"'").strip()
-    first = name.split()[0] if name.split() else ""
-    return first[:40] if first and "@" not in first else ""
+    """The first word of a display name, letters only (it is greeted in the body and
+    shown in the To header): no quotes, brackets, ``=?`` or anything a mail program
+    could read as structure."""
+    words = display.split()
+    if not words or "@" in words[0] or "=?" in words[0]:
+        return ""
+    first = "".join(ch for ch in words[0] if unicodedata.category(ch)[0] in "LMN" or ch in "-.'’")
+    return first[:40].strip("-.'’")
 
 
 def render_body(language: str, client: str, platform: str, user_dir: Path | None) -> str:
@@ -83,55 +128,189 @@ def render_body(language: str, client: str, platform: str, user_dir: Path | None
     return template.render(client=_first_name(client), platform=platform)
 
 
+def _clean_text(text: str) -> str:
+    """Header text with every control character made a space (C0/C1 controls, lone
+    surrogates, unassigned code points, line and paragraph separators), bidirectional
+    overrides removed, and runs of whitespace made one space."""
+    kept = "".join(
+        " " if unicodedata.category(ch) in _DROP else ch for ch in text if ch not in _BIDI
+    )
+    return " ".join(kept.split())
+
+
 def _reply_subject(subject: str) -> str:
-    subject = " ".join(subject.split()) or "(no subject)"
+    subject = _clean_text(subject)[:MAX_SUBJECT_CHARS] or "(no subject)"
     return subject if subject.lower().startswith("re:") else f"Re: {subject}"
 
 
 def draft_message_id(account: str, thread_id: str, domain: str) -> str:
     digest = hashlib.sha256(f"{account}\0{thread_id}".encode()).hexdigest()[:24]
-    return f"<guard-draft-{digest}@{domain or 'inbox-guard.invalid'}>"
+    if not _DOMAIN.fullmatch(domain or ""):
+        domain = "inbox-guard.invalid"
+    return f"<guard-draft-{digest}@{domain}>"
+
+
+def own_address(configured: str) -> str:
+    """The mailbox's own address for a draft's From: the configured one (the IMAP user
+    name, when it is an address), or "" when there is none. Never taken from the mail."""
+    return configured.lower() if _plain_address(configured) else ""
+
+
+def _plain_address(addr: str) -> tuple[str, str] | None:
+    """(local part, domain) of a plain ASCII ``local@domain``, else None."""
+    if not addr or len(addr) > 254 or not addr.isascii():
+        return None
+    local, at, domain = addr.rpartition("@")
+    if not at or not _LOCAL.fullmatch(local) or not _DOMAIN.fullmatch(domain):
+        return None
+    return local, domain
+
+
+def _subject_header(text: str) -> str:
+    """``Subject:`` and its value, encoded by the email library's RFC 2047 encoder: plain
+    when the text is printable ASCII with nothing that reads as an encoded word, else
+    encoded words in UTF-8 (which also cover any literal ``=?...?=`` in the text)."""
+    plain = text.isascii() and text.isprintable() and "=?" not in text
+    encoded = Header(text, "us-ascii" if plain else "utf-8", header_name="Subject").encode(
+        splitchars=" ", linesep="\r\n"
+    )
+    return f"Subject: {encoded}"
+
+
+def _ids_header(name: str, ids: list[str]) -> str:
+    """``name:`` with one validated id per folded line (each id is at most
+    msgid.MAX_ID_CHARS, so every line stays far below the 998-octet limit)."""
+    return f"{name}: " + "\r\n ".join(ids)
 
 
 def compose(
     candidate: Candidate, language: str, platform: str, user_dir: Path | None, message_id: str
 ) -> bytes:
+    """The draft's bytes. Every header comes from a validated part: the client's address
+    (a plain ASCII address), the thread's ids (strict ``<local@domain>`` tokens; others
+    are dropped), the subject as text with its control characters removed, re-encoded;
+    From from the configuration. Raises ValueError when there is no usable address or
+    when the result does not read back as exactly what was meant."""
     msg = candidate.message
     reply_to = msg.reply_to[0] if msg.reply_to else msg.from_
-    if reply_to is None or "@" not in reply_to.addr:
+    to_parts = _plain_address(reply_to.addr) if reply_to is not None else None
+    if reply_to is None or to_parts is None:
         raise ValueError("the client's message has no usable From/Reply-To address")
-    out = EmailMessage()
-    out["From"] = candidate.to_address
-    user, _, domain = reply_to.addr.rpartition("@")
-    out["To"] = HeaderAddress(display_name=_first_name(reply_to.name), username=user, domain=domain)
-    out["Subject"] = _reply_subject(msg.subject)
+    from_parts = _plain_address(candidate.from_address)
+    own = msgid.valid(message_id)
+    if own is None:
+        raise ValueError("the draft's own Message-ID is not valid")
+    in_reply_to = msgid.parse_one(msg.message_id)
+    references = msgid.parse_list(msg.references)
+    if in_reply_to is not None:
+        references = [r for r in references if r != in_reply_to] + [in_reply_to]
+    if len(references) > MAX_REFERENCES:  # the first and the latest, as RFC 5322 suggests
+        references = [references[0], *references[-(MAX_REFERENCES - 1) :]]
+    subject = _reply_subject(msg.subject)
+    name = _first_name(reply_to.name)
+    body = render_body(language, reply_to.name, platform, user_dir)
+
+    out = EmailMessage(policy=_POLICY)
+    if from_parts is not None:
+        out["From"] = HeaderAddress(username=from_parts[0], domain=from_parts[1])
+    out["To"] = HeaderAddress(display_name=name, username=to_parts[0], domain=to_parts[1])
     out["Date"] = format_datetime(datetime.now(UTC))
-    out["Message-ID"] = message_id
-    if msg.message_id:
-        out["In-Reply-To"] = msg.message_id
-        refs = [*msg.references, msg.message_id]
-        out["References"] = " ".join(dict.fromkeys(r for r in refs if r))
+    out["Message-ID"] = own
     out["X-Inbox-Guard"] = "draft; review before sending"
-    out.set_content(render_body(language, reply_to.name, platform, user_dir))
-    return bytes(out)
+    out.set_content(body)
+    generated = out.as_bytes()
+    head, sep, rest = generated.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("the draft could not be put together")
+    # Subject and the thread's ids are written here, not by the library's header
+    # folding: its treatment of text that looks like an encoded word changed between
+    # Python versions, and these values are the ones a sender controls.
+    extra = [_subject_header(subject)]
+    if in_reply_to is not None:
+        extra.append(_ids_header("In-Reply-To", [in_reply_to]))
+    if references:
+        extra.append(_ids_header("References", references))
+    raw = head + b"\r\n" + "\r\n".join(extra).encode("ascii") + sep + rest
+    expected = {
+        "from": f"{from_parts[0]}@{from_parts[1]}" if from_parts is not None else None,
+        "to": f"{to_parts[0]}@{to_parts[1]}",
+        "to_name": name,
+        "subject": subject,
+        "in-reply-to": in_reply_to,
+        "references": " ".join(references) or None,
+        "message-id": own,
+        "body": body,
+    }
+    problem = _reads_back_as(raw, expected)
+    if problem:
+        raise ValueError(f"the draft did not read back as written ({problem})")
+    return raw
 
 
-def _to_address(msg: Message, fallback: str) -> str:
-    for addr in msg.to:
-        if addr.addr:
-            return addr.addr
-    return fallback if "@" in fallback else ""
+def _reads_back_as(raw: bytes, expected: dict[str, str | None]) -> str:
+    """ "" when ``raw`` parses (the way a mail program would) into exactly the headers and
+    the single text/plain body meant, else what differs (a header name, no mail text)."""
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    names = [k.lower() for k in parsed]
+    allowed = set(_DRAFT_HEADERS)
+    if expected["from"] is None:
+        allowed.discard("from")
+    if expected["in-reply-to"] is None:
+        allowed.discard("in-reply-to")
+    if expected["references"] is None:
+        allowed.discard("references")
+    if sorted(names) != sorted(allowed):
+        return "unexpected or repeated headers"
+    if parsed.defects:
+        return "malformed"
+    if parsed.get_content_type() != "text/plain" or parsed.is_multipart():
+        return "content type"
+    if str(parsed["Subject"]) != expected["subject"]:
+        return "Subject"
+    for key in ("in-reply-to", "references", "message-id"):
+        value = parsed[key]
+        if expected[key] is not None and " ".join(str(value).split()) != expected[key]:
+            return key
+    to = parsed["To"].addresses
+    if (
+        len(to) != 1
+        or to[0].addr_spec != expected["to"]
+        or to[0].display_name != expected["to_name"]
+    ):
+        return "To"
+    if expected["from"] is not None:
+        sender = parsed["From"].addresses
+        if len(sender) != 1 or sender[0].addr_spec != expected["from"]:
+            return "From"
+    content = parsed.get_content().replace("\r\n", "\n")
+    if content.rstrip("\n") != (expected["body"] or "").replace("\r\n", "\n").rstrip("\n"):
+        return "body"
+    return ""
 
 
 def candidate(
-    thread_id: str, msg: Message, categories: tuple[str, ...], username: str
+    thread_id: str,
+    msg: Message,
+    categories: tuple[str, ...],
+    address: str,
+    row: st.StoredMessage | None = None,
 ) -> Candidate | None:
+    """A draft candidate when ``categories`` ask for a decline; ``address`` is the
+    mailbox's configured address (a draft without one has no From, and the mail program
+    fills it in on sending); ``row`` is where the message is recorded."""
     if not TRIGGERS.intersection(categories):
         return None
-    to_address = _to_address(msg, username)
-    if not to_address:
-        return None
-    return Candidate(thread_id, msg, to_address)
+    source = DraftSource(row.folder, row.uidvalidity, row.uid) if row is not None else None
+    return Candidate(thread_id, msg, own_address(address), source)
+
+
+def current_thread(session: Session, account: str, cand: Candidate) -> str:
+    """The candidate's thread now (threads merge after a message is recorded), read from
+    the message's own row: never from its Message-ID, which another sender may reuse."""
+    if cand.row is None:
+        return cand.thread_id
+    row = st.message_at(session, account, cand.row.folder, cand.row.uidvalidity, cand.row.uid)
+    return row.thread_id if row is not None and row.thread_id else cand.thread_id
 
 
 def write_drafts(
@@ -156,7 +335,7 @@ def write_drafts(
         if cand.thread_id in seen:
             continue
         seen.add(cand.thread_id)
-        domain = cand.to_address.rpartition("@")[2]
+        domain = cand.from_address.rpartition("@")[2]
         message_id = draft_message_id(account, cand.thread_id, domain)
         with store.session() as session:
             record = session.get(DraftRecord, (account, cand.thread_id))

@@ -27,6 +27,9 @@ import hashlib
 import json
 import os
 import re
+import smtplib
+import stat
+import struct
 import sys
 import tempfile
 import unicodedata
@@ -35,9 +38,11 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from pathlib import Path, PurePosixPath
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 import sqlalchemy as sa
@@ -68,6 +73,7 @@ __all__ = [
     "bundle_zone",
     "export_bundle",
     "find_threads",
+    "mail_manifest_hash",
     "verify_bundle",
 ]
 
@@ -331,6 +337,7 @@ class _Item:
     file: str | None = None
     date_header: str | None = None  # as written in the message
     truncated: bool = False  # the store's copy is only the prefix the scan read
+    recorded_bytes: int | None = None  # the recorded hash covers only this many first bytes
 
     @property
     def needs_server(self) -> bool:
@@ -382,19 +389,23 @@ def _check_store_copies(
         )
 
 
-def _accept_from_server(raw: bytes, item: _Item, prefix_sizes: Iterable[int]) -> str | None:
-    """A note when the server's bytes are the message the guard read, None when not.
+def _accept_from_server(
+    raw: bytes, item: _Item, prefix_sizes: Iterable[int]
+) -> tuple[str, int | None] | None:
+    """(note, prefix length) when the server's bytes are the message the guard read, None
+    when not; the prefix length is None when the recorded hash covers the whole message.
 
     The guard hashes what it fetched; for a message above ``imap.max_message_bytes`` that
     is only a prefix, so the whole message is accepted when that prefix matches."""
     if _sha256(raw) == item.row.content_hash:
-        return ""
+        return "", None
     for n in sorted({n for n in prefix_sizes if 0 < n < len(raw)}):
         if _sha256(raw[:n]) == item.row.content_hash:
             return (
                 f"inbox-guard had read only the first {n} bytes of this message "
                 "(imap.max_message_bytes); they match the SHA-256 it recorded, and the whole "
-                "message was fetched from the server"
+                "message was fetched from the server",
+                n,
             )
     return None
 
@@ -427,15 +438,15 @@ def _fetch_from_server(
                 )
                 continue
             sizes = [s for s in (item.stored, prefix_bytes.get(account)) if s is not None]
-            note = _accept_from_server(raw, item, sizes)
-            if note is None:
+            accepted = _accept_from_server(raw, item, sizes)
+            if accepted is None:
                 item.note = (
                     f"the server's copy (UID {item.row.uid} in {folder!r}) is not the message "
                     f"inbox-guard read: its SHA-256 is {_sha256(raw)}, not "
                     f"{item.row.content_hash}"
                 )
                 continue
-            item.raw, item.note = raw, note
+            item.raw, (item.note, item.recorded_bytes) = raw, accepted
 
 
 def _settle(items: Sequence[_Item]) -> None:
@@ -740,7 +751,8 @@ def _readme(timeline: Timeline) -> str:
         missing = (
             f"\nNOT COMPLETE: {timeline.missing} message(s) could not be included and "
             f"{timeline.partial} only in part; MANIFEST.json lists each of them with the "
-            'reason (status "missing" or "partial").\n'
+            'reason (status "missing" or "partial"); "inbox-guard verify" counts a missing '
+            "message as a failure unless given --allow-missing.\n"
         )
     total = len(timeline.messages)
     return f"""\
@@ -777,14 +789,24 @@ HOW TO CHECK THAT NOTHING WAS CHANGED (with sha256sum alone)
   4. The first line of MANIFEST.json.sha256 is the fingerprint of MANIFEST.json, and
      MANIFEST.json lists the fingerprint of every other file: that one value stands
      for the whole bundle. If the sender gave you this value separately (for example
-     in the dispute form when they made the bundle), compare it too: then even a
-     bundle rebuilt with different content and new fingerprints is detected.
+     in the dispute form, or in the e-mail inbox-guard can send them when it makes
+     the bundle), compare it too. Steps 1-3 only show that the files agree with each
+     other: someone who rebuilt the whole bundle with other content and new
+     fingerprints is caught only by comparing this value with one kept elsewhere.
 
-  With inbox-guard installed, "inbox-guard verify bundle.zip" does all of this
-  without unpacking, and also reports files added to the bundle.
+  With inbox-guard installed,
 
-  Each message's fingerprint is also the one inbox-guard recorded when it first
-  read the message ("recorded_sha256" in MANIFEST.json). The mail provider can
+         inbox-guard verify bundle.zip --expect <the fingerprint noted elsewhere>
+
+  does all of this without unpacking: it prints the fingerprint of MANIFEST.json,
+  compares it with the one given, checks every file, reports files added to the
+  bundle and refuses entries that could not be unpacked safely.
+
+  Each message's fingerprint must also be the one inbox-guard recorded when it first
+  read the message ("recorded_sha256" in MANIFEST.json; "recorded_bytes", when
+  present, says it covers only the first bytes inbox-guard read). That shows each
+  message is what inbox-guard received; it cannot show that nobody changed the
+  message on the mail server before inbox-guard first saw it. The mail provider can
   confirm a message from its folder, UIDVALIDITY and UID, or its Message-ID.
 """
 
@@ -927,6 +949,7 @@ def _manifest_message(item: _Item, sha: str | None, size: int | None) -> dict[st
         "sha256": sha,
         "size": size,
         "recorded_sha256": r.content_hash,
+        "recorded_bytes": item.recorded_bytes,
         "obtained_from": item.obtained_from or None,
         "account": r.account,
         "thread_id": r.thread_id,
@@ -1116,19 +1139,108 @@ def _zone_label(zone: tzinfo | None, at: datetime) -> str:
     return str(getattr(zone, "key", None) or zone.tzname(at.replace(tzinfo=UTC)) or "UTC")
 
 
+# --------------------------------------------------------------------------- mailing the hash
+
+
+def mail_manifest_hash(
+    config: Config,
+    result: ExportResult,
+    threads: Sequence[ThreadMatch],
+    now: datetime | None = None,
+) -> list[str]:
+    """Mail the bundle's MANIFEST.json SHA-256 to the digest address of each account of
+    the bundle, over the digest's own SMTP connection code, so that a dated copy of it
+    exists outside the bundle. Returns the recipients; raises ExportError (one line, no
+    secret) when ``[digest]``/``[smtp]`` are missing or the mail could not be sent."""
+    from guard import digest as dg
+
+    sent_at = (st.as_utc_naive(now) or st.utcnow()).replace(microsecond=0)
+    try:
+        settings = [dg._digest_settings(config, a) for a in sorted({t.account for t in threads})]
+    except dg.DigestError as exc:
+        raise ExportError(str(exc)) from None
+    smtp = settings[0][1]
+    recipients: dict[str, Any] = {}  # envelope address -> that account's digest settings
+    for digest_settings, _smtp in settings:
+        recipients.setdefault(parseaddr(digest_settings.to)[1], digest_settings)
+    redact = dg._Redactor()
+    try:
+        client = dg._open(smtp, redact)
+    except dg._SendFailure as failure:
+        raise ExportError(failure.line) from None
+    try:
+        for address, digest_settings in recipients.items():
+            message = _hash_message(result, threads, digest_settings, sent_at)
+            try:
+                client.send_message(
+                    message,
+                    from_addr=parseaddr(digest_settings.from_addr)[1],
+                    to_addrs=[address],
+                )
+            except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+                raise ExportError(
+                    dg._describe(exc, smtp, redact, "sending the bundle's hash")
+                ) from None
+    finally:
+        dg._close(client)
+    return [str(s.to) for s in recipients.values()]
+
+
+def _hash_message(
+    result: ExportResult, threads: Sequence[ThreadMatch], settings: Any, when: datetime
+) -> EmailMessage:
+    from guard import digest as dg
+
+    name = _plain(result.path.name, 120)
+    conversations = "\n".join(
+        f"    {_plain(t.thread_id, 80)} (account {_plain(t.account, 60)}, {t.messages} message(s))"
+        for t in threads
+    )
+    total = len(result.messages)
+    body = f"""\
+inbox-guard wrote an evidence bundle on {when:%Y-%m-%d %H:%M:%S} UTC.
+
+  File:                   {name}
+  MANIFEST.json SHA-256:  {result.manifest_sha256}
+  Messages:               {result.included} of {total} in the bundle
+  Conversations:
+{conversations}
+
+Keep this e-mail: it is a dated copy of the bundle's fingerprint, kept outside the
+bundle. Anyone who rebuilt the bundle with other content would have to change this
+fingerprint too. To check the bundle later:
+
+    inbox-guard verify {name} --expect {result.manifest_sha256}
+
+or unpack it and compare the first value in MANIFEST.json.sha256 with the one above.
+"""
+    msg = EmailMessage()
+    msg["From"] = settings.from_addr
+    msg["To"] = settings.to
+    msg["Subject"] = f"inbox-guard evidence bundle: MANIFEST.json SHA-256 {result.manifest_sha256}"
+    msg["Date"] = format_datetime(when.replace(tzinfo=UTC))
+    msg["Message-ID"] = dg._new_message_id(settings.from_addr, when)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg.set_content(body, subtype="plain", charset="utf-8")
+    return msg
+
+
 # --------------------------------------------------------------------------- verification
 
 
 @dataclass
 class VerifyReport:
     """What :func:`verify_bundle` found. ``problems`` are one line each, the first one
-    naming the first altered, missing or extra file; names in them come from the zip
-    and must be made safe before they are shown on a terminal."""
+    naming the first altered, missing or extra file (or the --expect mismatch); names in
+    them come from the zip and must be made safe before they are shown on a terminal."""
 
-    messages: int = 0  # message files whose hash matched
+    messages: int = 0  # message files matching both the manifest and the recorded hash
     files: int = 0  # all files that checked out, the two manifest files included
     missing: int = 0  # messages the manifest itself lists as not included
     partial: int = 0
+    prefix_only: int = 0  # messages whose recorded hash covers only their first bytes
+    manifest_sha256: str | None = None  # of MANIFEST.json as the bundle holds it
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -1142,14 +1254,259 @@ class _Expected:
     sha256: str
     size: int | None
     what: str  # "" or, for a message, which one it is
+    recorded: str | None = None  # a message's recorded_sha256
+    recorded_bytes: int | None = None  # ... when it covers only the first bytes
+
+
+class _Unreadable(Exception):
+    """A member that cannot be read safely: the bundle is not readable (exit 2)."""
+
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_DRIVE = re.compile(r"[A-Za-z]:")
+_DEVICES = frozenset(
+    {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(1, 10)}
+)
+
+
+def _unsafe_reason(name: str) -> str | None:
+    """Why ``name`` is not a plain relative path inside the bundle (None: it is one).
+
+    Only names like those an export writes pass: "/"-separated parts of letters, digits,
+    ".", "_" and "-", none starting with a dot, none a Windows device name."""
+    if not name:
+        return "an empty name"
+    if "\x00" in name:
+        return "a NUL character"
+    if name.startswith(("/", "\\")):
+        return "an absolute path"
+    if _DRIVE.match(name):
+        return "a drive letter"
+    if "\\" in name:
+        return "a backslash"
+    parts = name.split("/")
+    if ".." in parts:
+        return "a '..' part"
+    if any(p in ("", ".") for p in parts):
+        return "an empty or '.' part"
+    if any(p.startswith(".") for p in parts):
+        return "a dot-file name"
+    if not all(_COMPONENT.fullmatch(p) for p in parts):
+        return "characters other than letters, digits, '.', '_' and '-'"
+    if any(p.endswith(".") for p in parts):
+        return "a part ending in a dot"
+    if any(p.split(".", 1)[0].lower() in _DEVICES for p in parts):
+        return "a Windows device name"
+    return None
 
 
 def _safe_name(name: str) -> bool:
-    """A relative path inside the bundle: no "..", no absolute path, no backslash."""
-    if not name or "\\" in name or name.startswith("/") or "\x00" in name:
-        return False
-    parts = PurePosixPath(name).parts
-    return all(p not in ("", ".", "..") for p in parts) and not name.endswith("/")
+    return _unsafe_reason(name) is None
+
+
+def _kind(info: zipfile.ZipInfo) -> str:
+    """file, dir, symlink or special, from the Unix mode (when there is one) and the name."""
+    fmt = stat.S_IFMT(info.external_attr >> 16)
+    if fmt == stat.S_IFLNK:
+        return "symlink"
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+        return "special"
+    if fmt == stat.S_IFDIR or info.filename.endswith("/"):
+        return "dir"
+    return "file"
+
+
+def _fold_name(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _check_entries(infos: Sequence[zipfile.ZipInfo], report: VerifyReport) -> set[str]:
+    """Report every entry an unzip tool could not write safely as a plain file of the
+    bundle's folder: links, devices, unsafe names, duplicates, names that collide when
+    letter case is ignored, a name that is both a file and a folder. Returns the names
+    reported, so that they are not reported again."""
+    flagged: set[str] = set()
+    seen: set[str] = set()
+    folded: dict[str, str] = {}
+    files: dict[str, str] = {}  # folded name -> name, for plain files
+    folders: set[str] = set()  # folded names of every folder some entry is in or is
+
+    def flag(name: str, problem: str) -> None:
+        report.problems.append(f"{name}: {problem}")
+        flagged.add(name)
+
+    for info in infos:
+        name = info.filename
+        kind = _kind(info)
+        base = name[:-1] if kind == "dir" and name.endswith("/") else name
+        reason = "a NUL character" if info.orig_filename != name else _unsafe_reason(base)
+        if name in seen:
+            flag(name, "appears more than once in the zip")
+            continue
+        seen.add(name)
+        if kind == "symlink":
+            flag(name, "a symbolic link, not a file (unpacked, it could point anywhere)")
+        elif kind == "special":
+            flag(name, "a device, pipe or socket entry, not a file")
+        elif reason is not None:
+            flag(name, f"unsafe name ({reason})")
+        elif kind == "dir" and info.file_size:
+            flag(name, "a folder entry with content")
+        key = _fold_name(base)
+        other = folded.setdefault(key, base)
+        if other != base and name not in flagged:
+            flag(
+                name,
+                f"differs from {other} only in letter case (unpacked on Windows or macOS, "
+                "one would overwrite the other)",
+            )
+        parts = key.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if kind == "dir":
+            folders.add(key)
+        elif kind == "file":
+            files.setdefault(key, name)
+    for key, name in files.items():
+        if key in folders and name not in flagged:
+            flag(name, "is both a file and a folder in the zip")
+    return flagged
+
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature ... name length, extra length
+_ENCRYPTED = 0x1
+_DATA_DESCRIPTOR = 0x8
+_UTF8_NAME = 0x800
+_ZIP64_SIZE = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class _Layout:
+    start: int  # first byte of the member's compressed data
+    end: int  # first byte after it
+
+
+def _layout(fh: IO[bytes], info: zipfile.ZipInfo, total: int) -> _Layout:
+    """Where a member's data is, after checking from its headers alone (nothing is
+    decompressed) that it can be read: not encrypted, stored or deflated, and its local
+    header agreeing with the central directory about its name, method and sizes."""
+    name = info.filename
+    if info.flag_bits & _ENCRYPTED:
+        raise _Unreadable(f"{name}: encrypted (an evidence bundle never is)")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _Unreadable(
+            f"{name}: compressed with method {info.compress_type}, which evidence bundles "
+            "never use (only stored and deflated are read)"
+        )
+    fh.seek(info.header_offset)
+    head = fh.read(_LOCAL_HEADER.size)
+    if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+        raise _Unreadable(f"{name}: its local header is missing")
+    _sig, _version, flags, method, _time, _date, crc, csize, usize, nlen, xlen = (
+        _LOCAL_HEADER.unpack(head)
+    )
+    try:
+        wanted = info.orig_filename.encode("utf-8" if info.flag_bits & _UTF8_NAME else "cp437")
+    except UnicodeEncodeError:
+        wanted = b""
+    if fh.read(nlen) != wanted:
+        raise _Unreadable(f"{name}: its local header names another file")
+    if flags & _ENCRYPTED:
+        raise _Unreadable(f"{name}: encrypted (an evidence bundle never is)")
+    if method != info.compress_type:
+        raise _Unreadable(f"{name}: its two zip headers disagree on its compression")
+    sizes_given = not flags & _DATA_DESCRIPTOR and _ZIP64_SIZE not in (csize, usize)
+    if sizes_given and (csize, usize, crc) != (info.compress_size, info.file_size, info.CRC):
+        raise _Unreadable(f"{name}: its two zip headers disagree on its size or checksum")
+    start = info.header_offset + _LOCAL_HEADER.size + nlen + xlen
+    end = start + info.compress_size
+    if end > total:
+        raise _Unreadable(f"{name}: its data runs past the end of the file (truncated)")
+    return _Layout(start, end)
+
+
+def _layouts(fh: IO[bytes], infos: Sequence[zipfile.ZipInfo], total: int) -> dict[int, _Layout]:
+    """The layout of every member (by its index in ``infos``); members may not overlap."""
+    layouts = {i: _layout(fh, info, total) for i, info in enumerate(infos)}
+    previous_end, previous = -1, ""
+    for i in sorted(layouts, key=lambda i: infos[i].header_offset):
+        if infos[i].header_offset < previous_end:
+            raise _Unreadable(f"{infos[i].filename}: overlaps {previous} in the zip")
+        previous_end, previous = layouts[i].end, infos[i].filename
+    return layouts
+
+
+def _inflate(fh: IO[bytes], info: zipfile.ZipInfo, layout: _Layout) -> Iterator[bytes]:
+    """The member's bytes, a chunk at a time. Never more than the size its header declares
+    is decompressed: a member that would inflate beyond it, is damaged, is shorter than it
+    or fails its CRC raises _Unreadable."""
+    name = info.filename
+    fh.seek(layout.start)
+    left_in, left_out, crc = info.compress_size, info.file_size, 0
+
+    def read() -> bytes:
+        nonlocal left_in
+        chunk = fh.read(min(_CHUNK, left_in))
+        if not chunk:
+            raise _Unreadable(f"{name}: its data ends early (truncated)")
+        left_in -= len(chunk)
+        return chunk
+
+    def take(out: bytes) -> bytes:
+        nonlocal left_out, crc
+        if len(out) > left_out:
+            raise _Unreadable(
+                f"{name}: inflates beyond the {info.file_size} bytes its zip header declares"
+            )
+        left_out -= len(out)
+        crc = zlib.crc32(out, crc)
+        return out
+
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise _Unreadable(f"{name}: stored, but its two sizes differ")
+        while left_in:
+            yield take(read())
+    else:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        pending = b""
+        while not inflater.eof:
+            if not pending and left_in:
+                pending = read()
+            given = len(pending)
+            try:  # at most one chunk, and at most one byte more than may remain
+                out = inflater.decompress(pending, min(left_out + 1, _CHUNK))
+            except zlib.error as exc:
+                raise _Unreadable(f"{name}: damaged compressed data ({exc})") from None
+            pending = inflater.unconsumed_tail
+            if out:
+                yield take(out)
+            elif not inflater.eof and len(pending) == given and not (given == 0 and left_in):
+                raise _Unreadable(f"{name}: its compressed data ends early")
+        if pending or inflater.unused_data or left_in:
+            raise _Unreadable(f"{name}: data after the end of its compressed stream")
+    if left_out:
+        raise _Unreadable(f"{name}: shorter than the {info.file_size} bytes its header declares")
+    if crc != info.CRC:
+        raise _Unreadable(f"{name}: fails its CRC check (damaged)")
+
+
+def _read_member(fh: IO[bytes], info: zipfile.ZipInfo, layout: _Layout) -> bytes:
+    return b"".join(_inflate(fh, info, layout))
+
+
+def _hash_member(
+    fh: IO[bytes], info: zipfile.ZipInfo, layout: _Layout, prefix: int | None = None
+) -> tuple[str, str | None]:
+    """SHA-256 of the member and, with ``prefix``, of its first ``prefix`` bytes."""
+    whole = hashlib.sha256()
+    head = hashlib.sha256() if prefix is not None else None
+    seen = 0
+    for chunk in _inflate(fh, info, layout):
+        whole.update(chunk)
+        if head is not None and prefix is not None and seen < prefix:
+            head.update(chunk[: prefix - seen])
+        seen += len(chunk)
+    return whole.hexdigest(), head.hexdigest() if head is not None else None
 
 
 def _message_label(entry: dict[str, Any], total: int) -> str:
@@ -1164,8 +1521,12 @@ def _message_label(entry: dict[str, Any], total: int) -> str:
     return ", ".join(parts)
 
 
+def _size_of(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _expected_from_manifest(
-    manifest: dict[str, Any], report: VerifyReport
+    manifest: dict[str, Any], report: VerifyReport, allow_missing: bool
 ) -> list[_Expected] | None:
     messages = manifest.get("messages")
     files = manifest.get("files")
@@ -1174,35 +1535,61 @@ def _expected_from_manifest(
         return None
     out: list[_Expected] = []
     total = len(messages)
+    statuses: dict[str, int] = {"included": 0, "partial": 0, "missing": 0}
     for entry in messages:
         if not isinstance(entry, dict):
             report.problems.append(f"{MANIFEST}: a message entry is not an object")
             continue
+        label = _message_label(entry, total)
         status = entry.get("status")
+        if status not in statuses:
+            report.problems.append(f"{MANIFEST}: {label} has an unknown status")
+            continue
+        statuses[status] += 1
+        recorded = entry.get("recorded_sha256")
+        if not isinstance(recorded, str) or not _HEX64.fullmatch(recorded):
+            report.problems.append(
+                f"{MANIFEST}: {label} has no valid recorded_sha256 (the hash inbox-guard "
+                "recorded when it first saw the message)"
+            )
+            recorded = None
         if status == "missing":
             report.missing += 1
+            if not allow_missing:
+                report.problems.append(
+                    f"{MANIFEST}: {label} is listed as missing, so the bundle does not hold "
+                    "it (--allow-missing accepts that)"
+                )
             continue
         if status == "partial":
             report.partial += 1
-        name, sha, size = entry.get("file"), entry.get("sha256"), entry.get("size")
+        name, sha, size = entry.get("file"), entry.get("sha256"), _size_of(entry.get("size"))
         if not isinstance(name, str) or not isinstance(sha, str) or not _HEX64.fullmatch(sha):
-            report.problems.append(
-                f"{MANIFEST}: {_message_label(entry, total)} has no valid file name and SHA-256"
-            )
+            report.problems.append(f"{MANIFEST}: {label} has no valid file name and SHA-256")
             continue
-        out.append(
-            _Expected(
-                name, sha, size if isinstance(size, int) else None, _message_label(entry, total)
-            )
-        )
+        if size is None:
+            report.problems.append(f"{MANIFEST}: {label} has no valid size")
+            continue
+        prefix = entry.get("recorded_bytes")
+        if prefix is not None and (_size_of(prefix) is None or not 0 < prefix < size):
+            report.problems.append(f"{MANIFEST}: {label} has an invalid recorded_bytes")
+            continue
+        out.append(_Expected(name, sha, size, label, recorded, prefix))
+    counts = manifest.get("counts")
+    wanted_counts = {"messages": total, **statuses}
+    if not isinstance(counts, dict) or any(counts.get(k) != v for k, v in wanted_counts.items()):
+        report.problems.append(f"{MANIFEST}: its counts do not match its list of messages")
     for entry in files:
         name = entry.get("file") if isinstance(entry, dict) else None
         sha = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not isinstance(sha, str) or not _HEX64.fullmatch(sha):
             report.problems.append(f"{MANIFEST}: a file entry has no valid name and SHA-256")
             continue
-        size = entry.get("size")
-        out.append(_Expected(name, sha, size if isinstance(size, int) else None, ""))
+        size = _size_of(entry.get("size"))
+        if size is None:
+            report.problems.append(f"{MANIFEST}: {name} has no valid size")
+            continue
+        out.append(_Expected(name, sha, size, ""))
     return out
 
 
@@ -1224,26 +1611,28 @@ def _parse_sums(data: bytes, report: VerifyReport) -> dict[str, str] | None:
     return sums
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int | None = None) -> bytes:
-    with zf.open(info) as fh:
-        data = fh.read(limit + 1 if limit is not None else -1)
-    return data
+def _normal_hash(value: str) -> str | None:
+    text = value.strip().lower()
+    return text if _HEX64.fullmatch(text) else None
 
 
-def _hash_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with zf.open(info) as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def verify_bundle(path: Path) -> VerifyReport:
-    """Recompute every hash of a bundle, reading the zip in place (nothing is extracted,
-    so names such as ``../x`` are only reported). Raises BundleError when the file is not
-    a readable zip at all (missing, not a zip, truncated, a damaged entry)."""
+def verify_bundle(
+    path: Path, *, expect: str | None = None, allow_missing: bool = False
+) -> VerifyReport:
+    """Check a bundle, reading the zip in place (nothing is extracted, so names such as
+    ``../x`` are only reported): every file against MANIFEST.json and
+    MANIFEST.json.sha256, every message also against the hash inbox-guard recorded when
+    it first saw it; with ``expect``, MANIFEST.json against that SHA-256 (noted at export
+    time, kept elsewhere). A message the manifest lists as missing is a problem unless
+    ``allow_missing``. Raises BundleError when the file is not a readable zip (missing,
+    not a zip, truncated, or a member that is encrypted, uses another compression, is
+    damaged or inflates beyond its declared size); nothing is decompressed beyond the
+    sizes the zip declares, and those are checked against the manifest first."""
+    wanted = None
+    if expect is not None:
+        wanted = _normal_hash(expect)
+        if wanted is None:
+            raise ValueError("the expected hash must be 64 hexadecimal digits (a SHA-256)")
     try:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -1258,30 +1647,28 @@ def verify_bundle(path: Path) -> VerifyReport:
         ) from None
     with zf:
         try:
-            return _verify(zf)
-        except _Damaged as exc:
-            raise BundleError(f"'{path}' is corrupt: {exc}") from None
-
-
-class _Damaged(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _reading(name: str) -> Iterator[None]:
-    try:
-        yield
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        raise _Damaged(f"cannot read '{name}': {exc}") from None
+            with path.open("rb") as fh:
+                report = _verify(zf, fh, os.fstat(fh.fileno()).st_size, allow_missing)
+        except _Unreadable as exc:
+            raise BundleError(f"'{path}' is corrupt or unsafe: cannot read {exc}") from None
+        except OSError as exc:
+            raise BundleError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    if wanted is not None and report.manifest_sha256 != wanted:
+        got = report.manifest_sha256
+        report.problems.insert(
+            0,
+            f"{MANIFEST}: its SHA-256 is {got}, not the expected {wanted}: this is not the "
+            "bundle whose hash was noted"
+            if got is not None
+            else f"{MANIFEST}: missing, so it cannot be compared with the expected {wanted}",
+        )
+    return report
 
 
 def _load_manifest(data: bytes, report: VerifyReport) -> dict[str, Any] | None:
-    if len(data) > MAX_MANIFEST_BYTES:
-        report.problems.append(f"{MANIFEST}: too large to be a manifest")
-        return None
     try:
         loaded = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         report.problems.append(f"{MANIFEST}: damaged (not valid JSON)")
         return None
     if not isinstance(loaded, dict) or loaded.get("format") != FORMAT:
@@ -1290,35 +1677,42 @@ def _load_manifest(data: bytes, report: VerifyReport) -> dict[str, Any] | None:
     return loaded
 
 
-def _verify(zf: zipfile.ZipFile) -> VerifyReport:
+def _verify(zf: zipfile.ZipFile, fh: IO[bytes], total: int, allow_missing: bool) -> VerifyReport:
     report = VerifyReport()
-    entries: dict[str, zipfile.ZipInfo] = {}
-    for info in zf.infolist():
-        if info.filename in entries:
-            report.problems.append(f"{info.filename}: appears more than once in the zip")
-        entries[info.filename] = info
+    infos = zf.infolist()
+    layouts = _layouts(fh, infos, total)  # nothing unreadable, before anything is read
+    flagged = _check_entries(infos, report)
+    entries: dict[str, tuple[zipfile.ZipInfo, _Layout]] = {}
+    for i, info in enumerate(infos):
+        entries.setdefault(info.filename, (info, layouts[i]))
 
-    manifest_data: bytes | None = None
+    def small(name: str) -> bytes | None:
+        if name in flagged:
+            return None  # already reported (a link, a duplicate ...): not read
+        if name not in entries:
+            report.problems.append(f"{name}: missing from the bundle")
+            return None
+        info, layout = entries[name]
+        if info.file_size > MAX_MANIFEST_BYTES:
+            report.problems.append(f"{name}: too large to be a manifest")
+            return None
+        return _read_member(fh, info, layout)
+
+    manifest_data = small(MANIFEST)
+    if manifest_data is not None:
+        report.manifest_sha256 = _sha256(manifest_data)
+    data = small(MANIFEST_SUMS)
     sums: dict[str, str] | None = None
     sums_ok = False
-    if MANIFEST not in entries:
-        report.problems.append(f"{MANIFEST}: missing from the bundle")
-    else:
-        with _reading(MANIFEST):
-            manifest_data = _read_member(zf, entries[MANIFEST], MAX_MANIFEST_BYTES)
-    if MANIFEST_SUMS not in entries:
-        report.problems.append(f"{MANIFEST_SUMS}: missing from the bundle")
-    else:
-        with _reading(MANIFEST_SUMS):
-            data = _read_member(zf, entries[MANIFEST_SUMS], MAX_MANIFEST_BYTES)
+    if data is not None:
         before = len(report.problems)
-        sums = _parse_sums(data[:MAX_MANIFEST_BYTES], report)
+        sums = _parse_sums(data, report)
         sums_ok = len(report.problems) == before
     if manifest_data is not None and sums is not None:
         recorded = sums.get(MANIFEST)
         if recorded is None:
             report.problems.append(f"{MANIFEST_SUMS}: has no line for {MANIFEST}")
-        elif recorded != _sha256(manifest_data):
+        elif recorded != report.manifest_sha256:
             report.problems.insert(
                 0,
                 f"{MANIFEST}: altered (its SHA-256 is not the one in {MANIFEST_SUMS}; "
@@ -1328,7 +1722,9 @@ def _verify(zf: zipfile.ZipFile) -> VerifyReport:
             report.files += 1
     manifest = _load_manifest(manifest_data, report) if manifest_data is not None else None
 
-    expected = _expected_from_manifest(manifest, report) if manifest is not None else None
+    expected = (
+        _expected_from_manifest(manifest, report, allow_missing) if manifest is not None else None
+    )
     if expected is None and sums is not None:  # no usable manifest: check what the sums say
         expected = [_Expected(n, h, None, "") for n, h in sums.items() if n != MANIFEST]
     expected = expected or []
@@ -1340,39 +1736,51 @@ def _verify(zf: zipfile.ZipFile) -> VerifyReport:
             report.problems.append(f"{MANIFEST}: {exp.name} is listed twice")
             continue
         listed.add(exp.name)
+        if exp.name in flagged:
+            continue  # reported with the entry itself
         if not _safe_name(exp.name):
             report.problems.append(f"{exp.name}: unsafe file name in {MANIFEST}{what}")
             continue
-        member = entries.get(exp.name)
-        if member is None:
+        found = entries.get(exp.name)
+        if found is None:
             report.problems.append(f"{exp.name}: missing from the bundle{what}")
             continue
-        with _reading(exp.name):
-            sha, size = _hash_member(zf, member)
-        if sha != exp.sha256 or (exp.size is not None and size != exp.size):
+        info, layout = found
+        if _kind(info) != "file":
+            report.problems.append(f"{exp.name}: not a plain file in the zip{what}")
+            continue
+        if exp.size is not None and info.file_size != exp.size:  # checked before inflating
+            report.problems.append(
+                f"{exp.name}: altered (its size in the zip, {info.file_size} bytes, is not "
+                f"the {exp.size} bytes in {MANIFEST}){what}"
+            )
+            continue
+        sha, head = _hash_member(fh, info, layout, exp.recorded_bytes)
+        if sha != exp.sha256:
             report.problems.append(f"{exp.name}: altered (SHA-256 differs from {MANIFEST}){what}")
             continue
-        report.files += 1
-        if exp.what:
-            report.messages += 1
-
-    for name, info in entries.items():
-        if name in listed or name in (MANIFEST, MANIFEST_SUMS):
-            continue
-        if info.is_dir() and info.file_size == 0 and _safe_name(name.rstrip("/")):
-            continue  # a folder entry (the bundle unpacked and zipped again): no content
-        if _safe_name(name):
-            report.problems.append(f"{name}: extra file, not listed in {MANIFEST}")
-        else:
+        if exp.what and exp.recorded is not None and (head or sha) != exp.recorded:
             report.problems.append(
-                f"{name}: extra entry with an unsafe name (outside the bundle or a "
-                f"directory), not listed in {MANIFEST}"
+                f"{exp.name}: not the message inbox-guard recorded when it first saw it "
+                f"(its SHA-256 is not the recorded_sha256 in {MANIFEST}){what}"
             )
+            continue
+        report.files += 1
+        if exp.what and exp.recorded is not None:
+            report.messages += 1
+            report.prefix_only += exp.recorded_bytes is not None
+
+    for name, (info, _) in entries.items():
+        if name in listed or name in flagged or name in (MANIFEST, MANIFEST_SUMS):
+            continue
+        if _kind(info) == "dir":
+            continue  # a folder entry (the bundle unpacked and zipped again): no content
+        report.problems.append(f"{name}: extra file, not listed in {MANIFEST}")
 
     if manifest is not None and sums is not None:
         from_manifest = {e.name: e.sha256 for e in expected}
         from_sums = {n: h for n, h in sums.items() if n != MANIFEST}
-        consistent = sums_ok and sums.get(MANIFEST) == _sha256(manifest_data or b"")
+        consistent = sums_ok and sums.get(MANIFEST) == report.manifest_sha256
         for name in sorted(set(from_manifest) | set(from_sums)):
             if from_manifest.get(name) != from_sums.get(name):
                 consistent = False

@@ -11,8 +11,10 @@ is ever part of a message.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +25,8 @@ from typing import Any
 import imapclient.imapclient
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
+
+from guard import msgid
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,23 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line[:limit]
 
 
+_BYTES_REPR = re.compile(r"""b(['"])(.{0,4000})\1""", re.DOTALL)
+
+
+def _server_said(value: Any, limit: int = 200) -> str:
+    """The server's reply as one clean line: bytes decoded, also from the ``b'...'`` repr
+    that imaplib's errors carry, and control, bidi and other invisible characters
+    dropped (the reply is the server's text, not ours)."""
+    text = _text(value).strip()
+    wrapped = _BYTES_REPR.fullmatch(text)
+    if wrapped is not None:
+        try:
+            text = _text(ast.literal_eval(text))
+        except (ValueError, SyntaxError):
+            text = wrapped.group(2)
+    return _one_line("".join(ch if ch.isprintable() else " " for ch in text), limit)
+
+
 def describe(exc: BaseException, settings: ServerSettings) -> ImapError:
     """Turn a socket/TLS/IMAP exception into an ImapError with a clear reason."""
     where = f"{settings.host}:{settings.port}"
@@ -113,7 +134,7 @@ def describe(exc: BaseException, settings: ServerSettings) -> ImapError:
     if isinstance(exc, ssl.SSLError):
         return ImapError("tls", f"TLS with {where} failed: {exc.reason or exc}")
     if isinstance(exc, LoginError):
-        said = _one_line(_text(exc.args[0]) if exc.args else "")
+        said = _server_said(exc.args[0] if exc.args else "")
         return ImapError("login", f"login as {settings.username!r} refused by {where}: {said}")
     if isinstance(exc, TimeoutError | socket.timeout):
         return ImapError(
@@ -189,7 +210,7 @@ class Connection:
                 client.oauth2_login(s.username, token)
             except IMAPClientError as exc:
                 # The server's XOAUTH2 error is base64 JSON; it never contains the token.
-                raise LoginError(f"XOAUTH2 token refused ({_one_line(str(exc), 120)})") from None
+                raise LoginError(f"XOAUTH2 token refused ({_server_said(str(exc), 120)})") from None
             return
         if s.password is None:
             raise ImapError("login", "no IMAP password or OAuth2 token configured")
@@ -307,6 +328,20 @@ class Connection:
 
     def fetch(self, uids: Sequence[int], max_bytes: int) -> Iterator[Fetched]:
         """Fetch whole messages (only the first ``max_bytes`` of bigger ones)."""
+        for group in self.fetch_groups(uids, max_bytes, FETCH_BYTES):
+            yield from group
+            group.clear()
+
+    def fetch_groups(
+        self, uids: Sequence[int], max_bytes: int, budget: int
+    ) -> Iterator[list[Fetched]]:
+        """Fetch messages in groups whose bytes add up to at most ``budget`` (a single
+        message bigger than that is a group of its own), one FETCH per group.
+
+        Sizes come first from one cheap ``RFC822.SIZE`` FETCH. Each group is asked for
+        only when the caller comes back for it, so a caller that is done with a group
+        before asking for the next (and empties the list) never holds more than
+        ``budget`` bytes of mail at once, however big the batch."""
         assert self.client is not None
         if not uids:
             return
@@ -317,25 +352,36 @@ class Connection:
             list(uids),
             [b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS", *extra],
         )
-        sizes = {u: int(meta[u].get(b"RFC822.SIZE", 0)) for u in uids if u in meta}
-        small = [u for u in uids if u in sizes and sizes[u] <= max_bytes]
-        big = [u for u in uids if u in sizes and sizes[u] > max_bytes]
-        # Bodies are asked for in runs of at most FETCH_BYTES and handed on run by run, so
-        # a batch of large messages never sits in memory all at once.
-        for chunk in _by_bytes(small, sizes, FETCH_BYTES):
-            self.fetch_commands += 1
-            got = self._call("UID FETCH", self.client.fetch, chunk, [b"BODY.PEEK[]"])
-            bodies = {int(uid): item.get(b"BODY[]") or b"" for uid, item in got.items()}
-            yield from self._fetched(chunk, meta, bodies, truncated=False)
+        sizes = {u: min(int(meta[u].get(b"RFC822.SIZE", 0)), max_bytes) for u in uids if u in meta}
+        full = {u for u in sizes if int(meta[u].get(b"RFC822.SIZE", 0)) <= max_bytes}
         part = f"BODY.PEEK[]<0.{max_bytes}>".encode()
-        for chunk in _by_bytes(big, {u: max_bytes for u in big}, FETCH_BYTES):
-            self.fetch_commands += 1
-            got = self._call("UID FETCH", self.client.fetch, chunk, [part])
-            bodies = {
-                int(uid): next((v for k, v in item.items() if k.startswith(b"BODY[]")), b"") or b""
-                for uid, item in got.items()
-            }
-            yield from self._fetched(chunk, meta, bodies, truncated=True)
+        for chunk in _by_bytes([u for u in uids if u in sizes], sizes, budget):
+            small = [u for u in chunk if u in full]
+            big = [u for u in chunk if u not in full]
+            bodies: dict[int, bytes] = {}
+            if small:
+                self.fetch_commands += 1
+                got = self._call("UID FETCH", self.client.fetch, small, [b"BODY.PEEK[]"])
+                bodies.update((int(uid), item.get(b"BODY[]") or b"") for uid, item in got.items())
+                del got
+            if big:
+                self.fetch_commands += 1
+                got = self._call("UID FETCH", self.client.fetch, big, [part])
+                bodies.update(
+                    (
+                        int(uid),
+                        next((v for k, v in item.items() if k.startswith(b"BODY[]")), b"") or b"",
+                    )
+                    for uid, item in got.items()
+                )
+                del got
+            group = [
+                *self._fetched(small, meta, bodies, truncated=False),
+                *self._fetched(big, meta, bodies, truncated=True),
+            ]
+            bodies.clear()
+            yield group
+            del group  # the caller is done with it: hold nothing while fetching the next
 
     @staticmethod
     def _fetched(
@@ -412,10 +458,14 @@ class Connection:
 
     def find_by_message_id(self, folder: str, message_id: str) -> bool:
         """Whether ``folder`` already holds a message with this Message-ID (EXAMINEs it;
-        the caller re-selects its own folder afterwards)."""
+        the caller re-selects its own folder afterwards). An id that is not a strict
+        ``<local@domain>`` ASCII token (a sender wrote it) is not searched: False."""
         assert self.client is not None
+        token = msgid.parse_one(message_id)
+        if token is None:
+            return False
         self.select(folder, readonly=True)
-        found = self._call("UID SEARCH", self.client.search, ["HEADER", "Message-ID", message_id])
+        found = self._call("UID SEARCH", self.client.search, ["HEADER", "Message-ID", token])
         return bool(found)
 
 

@@ -6,6 +6,12 @@ One logical label (``Label``) has three spellings, one per backend:
 - an IMAP keyword: ``$GuardOffPlatformPayment``, except phishing, which uses the registered
   ``$Phishing`` keyword (RFC 9051 / IANA IMAP keyword registry) so that clients which
   already understand it show their own warning.
+
+Besides the thread labels there is one message label, ``Guard/Unchecked``
+(``$GuardUnchecked``): the guard could not read that message whole (a limit cut it, it
+had too many parts, its parse failed or ran out of time, the store refused it). It goes on
+that message alone, whatever its risk and ``policy.min_risk``, and is never spread to the
+thread: the rest of the thread was read.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from guard.policy.model import CATEGORIES, LEVELS, level_at_least
+from guard.policy.model import CATEGORIES, LEVELS, UNCHECKED_CATEGORY, level_at_least
 
 CATEGORY_TITLES: dict[str, str] = {
     "off_platform_payment": "Off-platform payment",
@@ -56,9 +62,13 @@ def level_label(risk: str) -> Label:
     return Label(f"level:{risk}", LEVEL_TITLES[risk])
 
 
-ALL_LABELS: tuple[Label, ...] = tuple(
+UNCHECKED_LABEL = Label(UNCHECKED_CATEGORY, "Unchecked")
+
+THREAD_LABELS: tuple[Label, ...] = tuple(
     [category_label(c) for c in CATEGORIES] + [level_label(r) for r in LEVELS[1:]]
 )
+# Every label the guard may write: the thread labels and the unchecked message label.
+ALL_LABELS: tuple[Label, ...] = (*THREAD_LABELS, UNCHECKED_LABEL)
 
 
 def thread_labels(

@@ -12,12 +12,16 @@ import codecs
 import contextlib
 import ctypes
 import email
+import email.feedparser
 import email.utils
+import html as html_lib
 import logging
 import os
 import re
 import sys
+import time
 import unicodedata
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import Message as MimePart
@@ -116,6 +120,10 @@ class Message:
     list_unsubscribe: str = ""
     defects: tuple[str, ...] = ()
     size: int = 0
+    unchecked: tuple[str, ...] = ()
+    """Why the message was not read whole (a limit cut its text, too many parts, a parse
+    that failed or ran out of time), one short line each; empty when it was read whole.
+    The policy engine judges what was read and marks the verdict "unchecked" too."""
 
     @property
     def body(self) -> str:
@@ -143,12 +151,28 @@ MAX_LINKS = 500
 MAX_PARTS = 1_000
 """MIME parts visited at most; a message with more is read only that far."""
 MAX_DEFECTS = 100
+TAIL_PARTS = 50
+"""Past MAX_PARTS, the last this many parts are read too (the end of a padded message)."""
+MAX_HTML_DEPTH = 256
+"""Elements nested deeper than this are read as text without their markup."""
+MAX_HTML_TAGS = 20_000
+"""Start tags of one HTML part handed to the HTML parser; the rest is read as text."""
+MAX_HEADER_BYTES = 256 * 1024
+"""Bytes of one header field kept before parsing (Subject, References...); the rest dropped."""
+MAX_HEADER_BLOCK_BYTES = 1024 * 1024
+"""Bytes of the whole header block kept before parsing; later header fields dropped."""
+MAX_MIME_DEPTH = 32
+"""Multipart/message parts nested deeper than this are read as one text part."""
+TIME_BUDGET = 5.0
+"""Seconds one message may take to read; past it no more parts are read ("unchecked")."""
 ATTACHMENT_TEXT_MAX_SIZE = 256 * 1024
 """Attachments at least this big (decoded bytes) get no ``text``."""
 ATTACHMENT_TEXT_CHARS = 64 * 1024
 """``Attachment.text`` is cut to this many characters."""
 
 _DEFECT_CHARS = 300
+_MAX_UNCHECKED = 20
+_FEED_CHARS = 64 * 1024  # the MIME parser is fed this much at a time, the clock read between
 _MAX_PART_BYTES = 4 * MAX_TEXT_CHARS  # bytes of one body part ever handed to a codec
 _MAX_HTML_CHARS = 2 * MAX_TEXT_CHARS  # characters of one HTML part ever parsed
 _FULL_DECODE_CHARS = 1_500_000  # base64 attachments up to this long are decoded whole
@@ -185,6 +209,16 @@ _WANTED_HEADERS = frozenset(
 # Compiled once.
 
 _NEWLINES_RE = re.compile(r"\r\n?")
+_FIELD_START_RE = re.compile(rb"\n(?=[^ \t])")
+# Each alternative starts with a plain character class and is case-insensitive only after
+# it: the regex engine then skips ahead fast (a fully case-insensitive pattern took 5 s on
+# 50 MB).
+_MIME_NEST_RE = re.compile(
+    rb"^--([^\r\n]*?)[ \t]*\r?$"  # a delimiter line (group 1: boundary, maybe with "--")
+    rb"|([bB](?i:oundary))\s*=\s*(?:\"([^\"\r\n]*)\"|([^\s;\"]+))"  # a boundary parameter
+    rb"|[cC](?i:ontent-type)\s*:\s*((?i:m)(?i:essage))/",  # an attached message: one more level
+    re.M,
+)
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _ANGLE_ADDR_RE = re.compile(r"<([^<>]*)>")
 _MSG_ID_RE = re.compile(r"<[^<>]*>")
@@ -316,13 +350,39 @@ _OLE_ENCRYPTED = "EncryptedPackage".encode("utf-16-le")  # password-protected Of
 
 
 class _Defects:
-    """Human-readable problem notes: one line each, short, unique, at most MAX_DEFECTS."""
+    """Human-readable problem notes: one line each, short, unique, at most MAX_DEFECTS.
 
-    __slots__ = ("_seen", "items")
+    ``unchecked`` collects the notes that mean part of the message went unread
+    (:meth:`cut`); those become ``Message.unchecked``. ``deadline`` is the
+    ``time.thread_time()`` after which no more parts are read (see :meth:`late`): CPU
+    time of the parsing thread, so a busy machine does not make ordinary mail "unchecked".
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_seen", "deadline", "items", "out_of_time", "unchecked")
+
+    def __init__(self, deadline: float = float("inf")) -> None:
         self.items: list[str] = []
         self._seen: set[str] = set()
+        self.unchecked: list[str] = []
+        self.deadline = deadline
+        self.out_of_time = False
+
+    def cut(self, note: str) -> None:
+        """A note that also marks the message as not read whole."""
+        self.add(note)
+        note = " ".join(note.split())[:_DEFECT_CHARS]
+        if note not in self.unchecked and len(self.unchecked) < _MAX_UNCHECKED:
+            self.unchecked.append(note)
+
+    def late(self) -> bool:
+        """True (and noted once) when the message's time budget is spent."""
+        if self.out_of_time:
+            return True
+        if time.thread_time() <= self.deadline:
+            return False
+        self.out_of_time = True
+        self.cut("reading took longer than the time budget; the rest was not read")
+        return True
 
     def add(self, note: str) -> None:
         note = " ".join(note.split())
@@ -334,10 +394,51 @@ class _Defects:
 
 
 def _cap(text: str, what: str, defects: _Defects) -> str:
+    """``text`` cut to MAX_TEXT_CHARS: its beginning and its end, the cut noted."""
     if len(text) > MAX_TEXT_CHARS:
-        defects.add(f"{what} truncated to {MAX_TEXT_CHARS} characters")
-        return text[:MAX_TEXT_CHARS]
+        defects.cut(f"{what} truncated to {MAX_TEXT_CHARS} characters")
+        return _head_tail(text, MAX_TEXT_CHARS)
     return text
+
+
+_ELISION = "\n[…]\n"
+
+
+def _head_tail(text: str, limit: int) -> str:
+    """The first and last characters of ``text``, ``limit`` in all with the mark between."""
+    if len(text) <= limit:
+        return text
+    if limit <= 2 * len(_ELISION):
+        return text[:limit]
+    keep = limit - len(_ELISION)
+    head = keep - keep // 2
+    return text[:head] + _ELISION + text[len(text) - keep // 2 :]
+
+
+def _join_parts(parts: list[str], what: str, defects: _Defects) -> str:
+    """The texts of the body parts, one per line, at most MAX_TEXT_CHARS in all.
+
+    When they are longer, every part keeps its beginning and its end (the parts shorter
+    than an equal share are kept whole, the rest shares what is left), so padding in one
+    part or a thousand parts before the one that matters cannot push it out of reach.
+    """
+    total = sum(len(p) for p in parts) + max(0, len(parts) - 1)
+    if total <= MAX_TEXT_CHARS:
+        return "\n".join(parts)
+    defects.cut(f"{what} truncated to {MAX_TEXT_CHARS} characters")
+    budget = MAX_TEXT_CHARS - max(0, len(parts) - 1)
+    if budget < len(parts) * 4 * len(_ELISION):  # absurdly many parts: first and last
+        return _head_tail("\n".join(parts), MAX_TEXT_CHARS)
+    lengths = sorted(len(p) for p in parts)
+    share, left, count = budget, budget, len(parts)
+    for length in lengths:  # water-filling: short parts whole, long ones an equal share
+        share = left // count
+        if length > share:
+            break
+        left -= length
+        count -= 1
+    text = "\n".join(_head_tail(p, share) for p in parts)
+    return text[:MAX_TEXT_CHARS]
 
 
 def _valid_unicode(text: str) -> str:
@@ -458,7 +559,7 @@ def _decode_words(text: str) -> str:
     if "=?" not in text:
         return text
     out: list[str] = []
-    pending = b""
+    pending: list[bytes] = []  # joined once per run: linear however many words
     pending_charset: str | None = None
     pos = 0
     for match in _ENCODED_WORD_RE.finditer(text):
@@ -467,8 +568,8 @@ def _decode_words(text: str) -> str:
         if pending_charset is not None and (
             (gap and not gap.isspace()) or charset != pending_charset
         ):
-            out.append(_decode_bytes(pending, pending_charset)[0])
-            pending, pending_charset = b"", None
+            out.append(_decode_bytes(b"".join(pending), pending_charset)[0])
+            pending, pending_charset = [], None
         if pending_charset is None:
             out.append(gap)
         try:
@@ -476,13 +577,13 @@ def _decode_words(text: str) -> str:
         except UnicodeEncodeError:
             word = match.group(3).encode("utf-8", "replace")
         if match.group(2) in "bB":
-            pending += _b64decode(word)
+            pending.append(_b64decode(word))
         else:
-            pending += binascii.a2b_qp(word, header=True)
+            pending.append(binascii.a2b_qp(word, header=True))
         pending_charset = charset
         pos = match.end()
     if pending_charset is not None:
-        out.append(_decode_bytes(pending, pending_charset)[0])
+        out.append(_decode_bytes(b"".join(pending), pending_charset)[0])
     out.append(text[pos:])
     return "".join(out)
 
@@ -682,6 +783,120 @@ def _mailparser_notes(mail: Any) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
+# Limits applied to the raw bytes before the MIME parser sees them.
+
+
+def _header_end(data: bytes) -> int:
+    """Offset of the blank line that ends the header block (len(data) when none)."""
+    crlf = data.find(b"\n\r\n")
+    lf = data.find(b"\n\n", 0, crlf if crlf >= 0 else len(data))
+    end = lf if lf >= 0 else crlf
+    return end + 1 if end >= 0 else len(data)
+
+
+def _cap_headers(data: bytes, defects: _Defects) -> bytes:
+    """Header fields cut to MAX_HEADER_BYTES each and MAX_HEADER_BLOCK_BYTES in all.
+
+    The stdlib parser keeps every header line as its own string (66 MB of folded Subject
+    lines cost ~900 MB), so oversized fields are cut here, at a line end, before it
+    reads them. Ordinary mail (a header block under the field limit) is returned as is.
+    """
+    end = _header_end(data)
+    if end <= MAX_HEADER_BYTES:
+        return data
+    kept: list[bytes] = []
+    total = 0
+    start = 0
+    starts = [m.end() for m in _FIELD_START_RE.finditer(data, 0, end)]
+    for stop in [*starts, end]:
+        if stop <= start:
+            continue
+        field = data[start:stop]
+        name = field[: min(40, max(field.find(b":"), 0))].decode("ascii", "replace").strip()
+        if len(field) > MAX_HEADER_BYTES:
+            cut = field.rfind(b"\n", 0, MAX_HEADER_BYTES)
+            field = field[: cut + 1] if cut > 0 else field[:MAX_HEADER_BYTES] + b"\r\n"
+            defects.cut(f"header {name or '?'} longer than {MAX_HEADER_BYTES} bytes; cut")
+        if total + len(field) > MAX_HEADER_BLOCK_BYTES:
+            defects.cut(f"header block longer than {MAX_HEADER_BLOCK_BYTES} bytes; rest dropped")
+            break
+        kept.append(field)
+        total += len(field)
+        start = stop
+    kept.append(data[end:] if end < len(data) else b"\r\n")
+    return b"".join(kept)
+
+
+def _limit_mime_depth(data: bytes, defects: _Defects) -> bytes:
+    """Parts nested deeper than MAX_MIME_DEPTH made plain (their boundary ignored).
+
+    The stdlib parser checks every line against every open boundary and recurses once
+    per level: 300 levels and 100,000 lines took 9 s, ~1,000 levels raise
+    RecursionError. This is a linear estimate of the nesting (a boundary parameter opens
+    a level, a delimiter line closes those above its boundary, an attached message opens
+    one that only its container closes); a boundary parameter or attached message type
+    past the limit is renamed in place so the parser reads that part as text.
+    """
+    # The parser enters a multipart's part only after a delimiter line, so fewer such lines
+    # than the limit cannot nest deeper (attached messages nest without one, but cost no
+    # per-line checks; a chain too deep to parse fails and is marked unchecked).
+    if data.count(b"\n--") <= MAX_MIME_DEPTH:
+        return data
+    stack: list[bytes | None] = []  # open boundaries; None for an attached message
+    open_count: dict[bytes, int] = {}
+    renamed: list[int] = []
+    for match in _MIME_NEST_RE.finditer(data):
+        line = match.group(1)
+        if line is not None:
+            if line.endswith(b"--") and open_count.get(line[:-2]):
+                name, closing = line[:-2], True
+            elif open_count.get(line):
+                name, closing = line, False
+            else:
+                continue
+            while stack:
+                top = stack.pop()
+                if top is not None:
+                    open_count[top] -= 1
+                    if top == name:
+                        break
+            if not closing:
+                stack.append(name)
+                open_count[name] = open_count.get(name, 0) + 1
+            continue
+        if len(stack) >= MAX_MIME_DEPTH:
+            renamed.append(match.start(2) if match.group(2) else match.start(5))
+            continue
+        if match.group(2):
+            boundary = match.group(3) if match.group(3) is not None else match.group(4)
+            stack.append(boundary)
+            open_count[boundary] = open_count.get(boundary, 0) + 1
+        else:
+            stack.append(None)
+    if not renamed:
+        return data
+    defects.cut(f"MIME parts nested deeper than {MAX_MIME_DEPTH} levels read as plain text")
+    out = bytearray(data)
+    for pos in renamed:
+        out[pos] = ord("x")  # "boundary" -> "xoundary", "message/" -> "xessage/"
+    return bytes(out)
+
+
+def _mime_parse(data: bytes, defects: _Defects) -> MimePart:
+    """``email.message_from_bytes(data)``, fed in slices with the clock read between them;
+    past the time budget the rest is not fed (the parser closes what it has)."""
+    text = data.decode("ascii", "surrogateescape")  # as BytesParser does
+    parser = email.feedparser.FeedParser(policy=compat32)
+    for start in range(0, len(text), _FEED_CHARS):
+        parser.feed(text[start : start + _FEED_CHARS])
+        if start + _FEED_CHARS < len(text) and defects.late():
+            break
+    del text
+    message: MimePart = parser.close()
+    return message
+
+
+# --------------------------------------------------------------------------------------
 # Reading with mail-parser.
 
 
@@ -708,7 +923,7 @@ _ADDRESS_HEADERS = ("cc", "from", "reply-to", "to")
 _RECOVERED_DEFECTS = frozenset({"StartBoundaryNotFoundDefect"})
 
 
-def _read_mail(data: bytes) -> _Mail:
+def _read_mail(data: bytes, defects: _Defects | None = None) -> _Mail:
     """Parse ``data`` with mail-parser's pieces, skipping the work whose results the guard
     never reads.
 
@@ -727,7 +942,7 @@ def _read_mail(data: bytes) -> _Mail:
     ``mailparser.parse_from_bytes`` run, for the parts it recovers from the epilogue.
     """
     try:
-        message = email.message_from_bytes(data)
+        message = _mime_parse(data, defects or _Defects())
         mail = _Mail(message)
         part_notes: list[str] = []
         for part in message.walk():
@@ -1027,12 +1242,162 @@ def _remove_hidden(tree: Any, defects: _Defects) -> None:
 
 
 def _html_to_text(html: str, links: list[Link] | None, defects: _Defects) -> str:
-    """Visible text of an HTML document; appends its ``<a href>`` links to ``links``."""
+    """Visible text of an HTML document; appends its ``<a href>`` links to ``links``.
+
+    A document over the size limit is read as two: its beginning and its end (so a
+    megabyte of comment or padding cannot hide what follows it), the cut noted.
+    """
     if len(html) > _MAX_HTML_CHARS:
-        defects.add(f"html: only the first {_MAX_HTML_CHARS} characters were read")
-        html = html[:_MAX_HTML_CHARS]
+        defects.cut(f"html: only the first and last {_MAX_HTML_CHARS // 2} characters were read")
+        half = _MAX_HTML_CHARS // 2
+        head = _html_doc_text(html[:half], links, defects)
+        tail = html[len(html) - half :]
+        del html
+        return head + "\n" + _html_doc_text(tail, links, defects)
+    return _html_doc_text(html, links, defects)
+
+
+# Void elements (never pushed on the HTML parser's stack of open elements), and those
+# an opening sibling closes implicitly (so sloppy but ordinary HTML is not counted deep).
+_VOID_TAGS = frozenset(
+    [
+        "area",
+        "base",
+        "basefont",
+        "bgsound",
+        "br",
+        "col",
+        "embed",
+        "frame",
+        "hr",
+        "image",
+        "img",
+        "input",
+        "keygen",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+    ]
+)
+_IMPLIED_END_TAGS = frozenset(
+    [
+        "p",
+        "li",
+        "dd",
+        "dt",
+        "option",
+        "optgroup",
+        "rb",
+        "rp",
+        "rt",
+        "rtc",
+        "td",
+        "th",
+        "tr",
+        "tbody",
+        "thead",
+        "tfoot",
+        "caption",
+        "colgroup",
+    ]
+)
+_RAW_TEXT_TAGS = frozenset(
+    ["script", "style", "xmp", "iframe", "noembed", "noframes", "textarea", "title"]
+)
+_HTML_FAST_TAGS = 4000  # with fewer "<" than this, nesting cannot cost much: no pre-pass
+_HTML_TOKEN_RE = re.compile(
+    r"<!--(?:-?>|.*?(?:--!?>|\Z))"  # a comment, the abrupt "<!-->" forms too
+    r"|<[!?][^>]*>?"  # doctype, bogus comment
+    r"|<(/?)([A-Za-z][^\t\n\f\r />]*)"  # a tag: end slash, name
+    r"(?:[^>\"'=]+|[\"']|=[\t\n\f\r ]*\"[^\"]*\"?|=[\t\n\f\r ]*'[^']*'?|=)*>?",
+    re.S,
+)
+_BLOCK_NAMES = re.compile(r"(?:" + _BLOCK_TAG_TRIE + r")\Z", re.I)
+
+
+def _limit_html(html: str, defects: _Defects) -> tuple[str, str]:
+    """``html`` with its nesting bounded, and the text of what lies past the tag limit.
+
+    The HTML parser's tree building costs time in proportion to the depth of the open
+    elements for each start tag (120,000 nested ``<div>`` took 36 s). A linear pass
+    estimates that depth (an end tag closes only the element on top, or the implied ends
+    above it, so mismatched end tags cannot hide depth) and drops the start and end tags
+    of elements deeper than MAX_HTML_DEPTH (block tags leave a line break); past
+    MAX_HTML_TAGS start tags the rest of the document is returned separately as text
+    with its tags removed. Returns ``(html, rest_text)``.
+    """
+    if html.count("<") < _HTML_FAST_TAGS:
+        return html, ""
+    stack: list[str] = []
+    excess: list[str] = []
+    out: list[str] = []
+    pos = 0
+    tags = 0
+    deep = False
+    rest = ""
+    search = _HTML_TOKEN_RE.search
+    match = search(html)
+    while match is not None:
+        name = match.group(2)
+        if name is None:
+            match = search(html, match.end())
+            continue
+        name = name.lower()
+        drop = False
+        if match.group(1):  # an end tag
+            if stack and stack[-1] == name:
+                stack.pop()
+            elif excess and excess[-1] == name:
+                excess.pop()
+                drop = True
+            elif name in stack[-4:]:
+                while stack and stack[-1] != name and stack[-1] in _IMPLIED_END_TAGS:
+                    stack.pop()
+                if stack and stack[-1] == name:
+                    stack.pop()
+        else:
+            tags += 1
+            if tags > MAX_HTML_TAGS:
+                defects.cut(f"html: more than {MAX_HTML_TAGS} tags; the rest read without markup")
+                rest = _HTML_TOKEN_RE.sub(" ", html[match.start() :])
+                html = html[: match.start()]
+                break
+            if name not in _VOID_TAGS:
+                if stack and stack[-1] == name and name in _IMPLIED_END_TAGS:
+                    stack.pop()
+                if len(stack) >= MAX_HTML_DEPTH:
+                    excess.append(name)
+                    drop = deep = True
+                else:
+                    stack.append(name)
+                    if name in _RAW_TEXT_TAGS:  # its content is text up to its end tag
+                        close = re.compile(r"</" + re.escape(name) + r"[\t\n\f\r />]", re.I)
+                        found = close.search(html, match.end())
+                        if found is None:
+                            break
+                        match = search(html, found.start())
+                        continue
+        if drop:
+            out.append(html[pos : match.start()])
+            out.append("\f" if _BLOCK_NAMES.match(name) else "")
+            pos = match.end()
+        match = search(html, match.end())
+    if deep:
+        defects.cut(f"html: nested deeper than {MAX_HTML_DEPTH} elements; deeper markup ignored")
+    if out:
+        out.append(html[pos:])
+        html = "".join(out)
+    return html, rest
+
+
+def _html_doc_text(html: str, links: list[Link] | None, defects: _Defects) -> str:
+    """:func:`_html_to_text` for a document within the size limit."""
     if "\f" in html:
         html = html.replace("\f", " ")
+    html, rest = _limit_html(html, defects)
     html = _CELL_TAG_RE.sub(" <", _BLOCK_TAG_RE.sub("\f<", html))
     lowered = html.lower()
     tree = LexborHTMLParser(html)
@@ -1067,6 +1432,8 @@ def _html_to_text(html: str, links: list[Link] | None, defects: _Defects) -> str
     text = root.text() if root is not None else ""
     if not text.isascii():
         text = _ZERO_WIDTH_RE.sub("", text)
+    if rest:
+        text += "\f" + html_lib.unescape(rest)
     # Form feeds are the block boundaries; all other whitespace collapses to a space.
     return "\n".join(filter(None, [" ".join(line.split()) for line in text.split("\f")]))
 
@@ -1341,8 +1708,9 @@ class _Reader:
             return
         kind = "html" if info.ctype == "text/html" else "text"
         if len(data) > _MAX_PART_BYTES:
-            self.defects.add(f"{kind} part: only the first {_MAX_PART_BYTES} bytes were read")
-            data = data[:_MAX_PART_BYTES]
+            half = _MAX_PART_BYTES // 2
+            self.defects.cut(f"{kind} part: only the first and last {half} bytes were read")
+            data = data[:half] + b"\n" + data[len(data) - half :]
         text, problem = _decode_bytes(data, info.charset())
         if problem:
             self.defects.add(f"{kind} part: {problem}")
@@ -1371,6 +1739,8 @@ class _Reader:
     def read(self, body: _Body) -> None:
         """Fill ``body`` from its parts, decoding each one here."""
         for part, info in body.parts:
+            if self.defects.late():
+                return
             try:
                 self.decode(part, info, body)
             except Exception as exc:
@@ -1398,56 +1768,91 @@ def _walk(
     """
     stack: list[tuple[MimePart, _Body, bool]] = [(root, main, False)]
     visited = 0
+    # Past MAX_PARTS the walk goes on without reading anything, keeping only the last
+    # TAIL_PARTS leaves: the end of a message padded with thousands of parts is read too.
+    tail: deque[tuple[MimePart, _Body, bool]] = deque(maxlen=TAIL_PARTS)
+    skipped = 0
     while stack:
         part, body, forced = stack.pop()
         visited += 1
-        if visited > MAX_PARTS:
-            defects.add(f"more than {MAX_PARTS} MIME parts; the rest was not read")
-            return
-        try:
-            info = _PartHeaders(part, root_headers if part is root else None)
-            ctype = info.ctype
+        if visited > MAX_PARTS or defects.late():
+            if defects.out_of_time:
+                return
             if part.is_multipart():
                 children = part.get_payload()
-                if not isinstance(children, list):
-                    continue
-                if ctype.startswith("message/"):
-                    if ctype not in ("message/rfc822", "message/global"):
-                        continue  # delivery-status and the like: header blocks only
-                    if forced or info.filename or info.disposition == "attachment":
-                        if len(entries) >= MAX_ATTACHMENTS:
-                            defects.add(_TOO_MANY_ATTACHMENTS)
-                            continue
-                        nested = _Body(body)
-                        nested.filename = info.filename or "forwarded.eml"
-                        nested.summary = _nested_summary(children[0] if children else None)
-                        entries.append(nested)
-                        body, forced = nested, False
-                elif info.disposition == "attachment":
-                    forced = True
-                stack.extend(
-                    (child, body, forced)
-                    for child in reversed(children)
-                    if isinstance(child, MimePart)
-                )
-                continue
+                if isinstance(children, list):
+                    stack.extend(
+                        (child, body, forced)
+                        for child in reversed(children)
+                        if isinstance(child, MimePart)
+                    )
+            else:
+                if len(tail) == TAIL_PARTS:
+                    skipped += 1
+                tail.append((part, body, forced))
+            continue
+        _visit(part, body, forced, root, root_headers, stack, entries, defects)
+    if visited > MAX_PARTS:
+        for part, body, forced in tail:
+            _visit(part, body, forced, root, root_headers, stack, entries, defects)
+        what = f"{skipped} parts in the middle were not read" if skipped else "all were read"
+        defects.cut(f"more than {MAX_PARTS} MIME parts; {what}")
 
-            if (
-                not forced
-                and not info.filename
-                and info.disposition != "attachment"
-                and (ctype in ("text/plain", "text/html") or ctype.startswith("multipart/"))
-            ):
-                body.parts.append((part, info))  # a multipart here has no boundary: text
-                continue
-            if len(entries) >= MAX_ATTACHMENTS:
-                defects.add(_TOO_MANY_ATTACHMENTS)
-                continue
-            attachment = _attachment(part, info, defects)
-            body.add_size(attachment.size)
-            entries.append(attachment)
-        except Exception as exc:
-            defects.add(f"MIME part could not be read: {type(exc).__name__}: {exc}")
+
+def _visit(
+    part: MimePart,
+    body: _Body,
+    forced: bool,
+    root: MimePart,
+    root_headers: dict[str, str],
+    stack: list[tuple[MimePart, _Body, bool]],
+    entries: list[Attachment | _Body],
+    defects: _Defects,
+) -> None:
+    """One step of :func:`_walk`: children of a multipart go on ``stack``, a body part to
+    its ``_Body``, anything else becomes an attachment."""
+    try:
+        info = _PartHeaders(part, root_headers if part is root else None)
+        ctype = info.ctype
+        if part.is_multipart():
+            children = part.get_payload()
+            if not isinstance(children, list):
+                return
+            if ctype.startswith("message/"):
+                if ctype not in ("message/rfc822", "message/global"):
+                    return  # delivery-status and the like: header blocks only
+                if forced or info.filename or info.disposition == "attachment":
+                    if len(entries) >= MAX_ATTACHMENTS:
+                        defects.add(_TOO_MANY_ATTACHMENTS)
+                        return
+                    nested = _Body(body)
+                    nested.filename = info.filename or "forwarded.eml"
+                    nested.summary = _nested_summary(children[0] if children else None)
+                    entries.append(nested)
+                    body, forced = nested, False
+            elif info.disposition == "attachment":
+                forced = True
+            stack.extend(
+                (child, body, forced) for child in reversed(children) if isinstance(child, MimePart)
+            )
+            return
+
+        if (
+            not forced
+            and not info.filename
+            and info.disposition != "attachment"
+            and (ctype in ("text/plain", "text/html") or ctype.startswith("multipart/"))
+        ):
+            body.parts.append((part, info))  # a multipart here has no boundary: text
+            return
+        if len(entries) >= MAX_ATTACHMENTS:
+            defects.add(_TOO_MANY_ATTACHMENTS)
+            return
+        attachment = _attachment(part, info, defects)
+        body.add_size(attachment.size)
+        entries.append(attachment)
+    except Exception as exc:
+        defects.add(f"MIME part could not be read: {type(exc).__name__}: {exc}")
 
 
 def _nested_attachment(body: _Body) -> Attachment:
@@ -1489,37 +1894,49 @@ def _headers_only(data: bytes, defects: _Defects) -> MimePart | None:
         return None
 
 
-def parse_message(raw: bytes) -> Message:
+def parse_message(raw: bytes, *, time_budget: float = TIME_BUDGET) -> Message:
     """Parse raw RFC 5322 bytes into a :class:`Message`. Never raises.
 
     Whatever could not be read is described in ``Message.defects`` (mail-parser's own
-    defects included) and everything else is still returned.
+    defects included) and everything else is still returned. Time and memory per message
+    are bounded: header fields, MIME nesting, parts, text and HTML markup have limits
+    (see the constants above), and the clock is read between the stages; after
+    ``time_budget`` seconds no more parts are read. Whatever a limit left unread is also
+    named in ``Message.unchecked``.
     """
     try:
-        return _parse(raw)
+        return _parse(raw, time.thread_time() + time_budget)
     except Exception as exc:  # last resort: a bug here must not stop the mail flow
         try:
             size = len(raw)
         except Exception:
             size = 0
         note = f"message could not be parsed: {type(exc).__name__}: {exc}"
-        return Message(size=size, defects=(" ".join(note.split())[:_DEFECT_CHARS],))
+        return Message(
+            size=size,
+            defects=(" ".join(note.split())[:_DEFECT_CHARS],),
+            unchecked=("message could not be parsed",),
+        )
 
 
-def _parse(raw: bytes) -> Message:
+def _parse(raw: bytes, deadline: float) -> Message:
     data = _as_bytes(raw)
-    defects = _Defects()
+    size = len(data)
+    defects = _Defects(deadline)
     mail: _Mail | None = None
     root: MimePart | None
+    data = _limit_mime_depth(_cap_headers(data, defects), defects)
     try:
-        mail = _read_mail(data)
+        mail = _read_mail(data, defects)
         root = mail.message
     except Exception as exc:
         defects.add(f"mail-parser failed: {type(exc).__name__}: {exc}")
+        defects.cut("MIME structure could not be parsed; body not read")
         mail = None
         root = _headers_only(data, defects)
+    del data
     if root is None:
-        return Message(size=len(data), defects=tuple(defects.items))
+        return Message(size=size, defects=tuple(defects.items), unchecked=tuple(defects.unchecked))
 
     if mail is not None:
         for note in mail.notes:
@@ -1571,8 +1988,8 @@ def _parse(raw: bytes) -> Message:
         message_id=_header_str(get("message-id", ""))[:MAX_TEXT_CHARS],
         in_reply_to=_header_str(get("in-reply-to", ""))[:MAX_TEXT_CHARS],
         references=references[:MAX_LINKS],
-        text=_cap("\n".join(main.plain), "text", defects),
-        html_text=_cap("\n".join(main.html), "html_text", defects),
+        text=_join_parts(main.plain, "text", defects),
+        html_text=_join_parts(main.html, "html_text", defects),
         links=tuple((html_links + text_links)[:MAX_LINKS]),
         attachments=tuple(_nested_attachment(e) if isinstance(e, _Body) else e for e in entries),
         auth=_auth_results(get("authentication-results")),
@@ -1581,7 +1998,8 @@ def _parse(raw: bytes) -> Message:
         precedence=_header_str(get("precedence", "")).lower()[:MAX_TEXT_CHARS],
         list_unsubscribe=_header_str(get("list-unsubscribe", ""))[:MAX_TEXT_CHARS],
         defects=tuple(defects.items),
-        size=len(data),
+        size=size,
+        unchecked=tuple(defects.unchecked),
     )
 
 

@@ -24,10 +24,11 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from guard import drafts, threads
@@ -37,12 +38,15 @@ from guard.config import Config, default_state_dir
 from guard.imap import SENT, Connection, Fetched, ImapError, Selected, ServerSettings
 from guard.message import Message, parse_message
 from guard.policy import LEVELS, RuleSet, Verdict, evaluate, level_at_least
+from guard.policy.model import UNCHECKED_RULE, unchecked_finding
+from guard.policy.structural import is_trusted_platform_sender
 
 log = logging.getLogger(__name__)
 
 LABEL_ROUND = 2000  # messages read between two label writes (and folder-position saves)
 
 Progress = Callable[[str, int, int], None]  # folder, done, total
+Judged = tuple[Fetched, Message, Verdict, list[str]]  # a message read and judged
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class ScanSettings:
     min_risk: str = "medium"
     batch_size: int = 200
     max_message_bytes: int = 25 * 1024 * 1024
+    batch_bytes: int = 64 * 1024 * 1024  # message bytes held at once (a bigger one alone)
     account: str = "default"
     lock_path: Path | None = None  # one scan at a time per store and account
     evidence: str = "risky"  # risky | all | none: which originals are kept in the store
@@ -84,6 +89,7 @@ class ScanSettings:
             min_risk=config.policy.min_risk,
             batch_size=imap.batch_size,
             max_message_bytes=imap.max_message_bytes,
+            batch_bytes=imap.batch_bytes,
             account=account,
             lock_path=_lock_path(config, account),
             evidence=config.evidence.keep,
@@ -95,8 +101,10 @@ class ScanSettings:
 
 @dataclass
 class ScanControl:
-    """Hooks for a daemon: ``stop_requested`` is polled between batches; ``connected`` is
-    called with the live connection (and with None when it is closed)."""
+    """Hooks for a daemon: ``stop_requested`` is polled before each message is judged and
+    before each store write (once it is true the scan ends there: what was committed
+    stays, the message being judged is not recorded and is judged again next time);
+    ``connected`` is called with the live connection (and with None when it is closed)."""
 
     stop_requested: Callable[[], bool] = lambda: False
     connected: Callable[[Connection | None], None] = lambda _conn: None
@@ -143,6 +151,7 @@ class ScanSummary:
     commands: int = 0
     fetch_commands: int = 0
     drafts: int = 0
+    stopped: bool = False  # ended early because a stop was requested
 
     @property
     def fetched(self) -> int:
@@ -167,6 +176,7 @@ class ScanSummary:
             "dry_run": self.dry_run,
             "fetch_commands": self.fetch_commands,
             "drafts": self.drafts,
+            "stopped": self.stopped,
         }
         if self.dry_run:
             out["would_label"] = [
@@ -192,6 +202,27 @@ class ScanError(Exception):
         super().__init__(message)
         self.summary = summary
         self.kind = kind
+
+
+class ScanStopped(Exception):
+    """A stop was requested: the scan ends before judging or writing anything more."""
+
+
+def _with_unchecked(verdict: Verdict, reason: str) -> Verdict:
+    """``verdict`` with ``reason`` added to why the message was not read whole (one
+    unchecked finding per message, naming every reason)."""
+    reasons = (*verdict.unchecked, reason)
+    kept = tuple(f for f in verdict.findings if f.rule != UNCHECKED_RULE)
+    return replace(verdict, unchecked=reasons, findings=(*kept, unchecked_finding(reasons)))
+
+
+def mailbox_identity(server: ServerSettings) -> str:
+    """Which mailbox an account's UIDs belong to: ``username@host``.
+
+    The port is left out on purpose: moving from STARTTLS on 143 to TLS on 993 reaches the
+    same mailbox, whose UIDs stay valid.
+    """
+    return f"{server.username}@{server.host.lower().rstrip('.')}"
 
 
 def _lock_path(config: Config, account: str) -> Path:
@@ -259,7 +290,6 @@ class _Scanner:
         self.written: dict[int, set[str]] = defaultdict(set)  # message pk -> spellings
         self.stop_requested: Callable[[], bool] = lambda: False
         self.stale_checked: dict[str, bool] = {}  # folder -> rows under another UIDVALIDITY
-        self.raw_cache: dict[tuple[str, int], bytes] = {}  # the current batch's originals
         self.draft_candidates: list[drafts.Candidate] = []
 
     # -- store units of work -------------------------------------------------------
@@ -267,15 +297,40 @@ class _Scanner:
     @contextmanager
     def unit(self) -> Iterator[Session]:
         """A committed unit of work, or in a dry run a flush inside one open transaction
-        that is rolled back at the end."""
+        that is rolled back at the end. None begins once a stop was requested."""
+        self.check_stop()
         if not self.dry_run:
             with self.store.session() as session:
                 yield session
             return
         if self._dry_session is None:
             self._dry_session = Session(self.store.engine, expire_on_commit=False)
-        yield self._dry_session
-        self._dry_session.flush()
+        try:
+            yield self._dry_session
+            self._dry_session.flush()
+        except (SQLAlchemyError, UnicodeError, OverflowError) as exc:  # never SQL or values
+            raise st.RowRefused(st.error_class(exc)) from None
+
+    def claim_mailbox(self, run_id: int | None) -> None:
+        """Folder state recorded for another mailbox under this account name (the
+        configuration now names another host or user) is not this mailbox's: its history
+        is kept aside and this mailbox starts from its own (see store.claim_mailbox)."""
+        mailbox = mailbox_identity(self.s.server)
+        with self.unit() as session:
+            moved = st.claim_mailbox(session, self.s.account, mailbox, keep_run=run_id)
+        if moved is not None:
+            log.warning(
+                "account %s now points at another mailbox (%s, was %s): starting afresh; "
+                "the earlier history is kept as account %s",
+                self.s.account,
+                mailbox,
+                moved[0],
+                moved[1],
+            )
+
+    def check_stop(self) -> None:
+        if self.stop_requested():
+            raise ScanStopped
 
     def discard(self) -> None:
         if self._dry_session is not None:
@@ -388,6 +443,7 @@ class _Scanner:
                     highest_modseq=selected.highest_modseq,
                     uidnext=selected.uidnext,
                     label_mode=self.mode,
+                    mailbox=mailbox_identity(self.s.server),
                 )
 
         def finish_round(last: int) -> None:
@@ -396,10 +452,10 @@ class _Scanner:
 
         for start in range(0, total, self.s.batch_size):
             if self.stop_requested():
-                if done > labelled_upto:  # what was recorded still gets its labels first
-                    finish_round(uids[done - 1])
+                # what was committed keeps label_pending: its labels are written first
+                # thing next time, and only then does the folder position advance
                 log.info("%s: stopping after %d of %d new messages", folder, done, total)
-                break
+                raise ScanStopped
             batch = uids[start : start + self.s.batch_size]
             self.scan_batch(folder, selected, batch, fs)
             done += len(batch)
@@ -420,34 +476,113 @@ class _Scanner:
     def judge(self, fetched: Fetched) -> tuple[Message, Verdict, list[str]]:
         msg = parse_message(fetched.raw)
         notes = list(msg.defects)
+        verdict = evaluate(self.rules, msg)
         if fetched.truncated:
-            notes.append(
+            cut = (
                 f"message is {fetched.size} bytes; only the first {len(fetched.raw)} were "
                 "fetched and checked (imap.max_message_bytes)"
             )
-        verdict = evaluate(self.rules, msg)
+            notes.append(cut)
+            verdict = _with_unchecked(verdict, cut)
         notes.extend(verdict.notes)
         return msg, verdict, notes
 
     def scan_batch(
         self, folder: str, selected: Selected, uids: Sequence[int], fs: FolderSummary
     ) -> None:
-        judged = []
-        self.raw_cache = {}
+        """Fetch, judge and record the new messages of ``uids``, in runs of at most
+        ``batch_bytes`` of mail each (one transaction per run): the originals of a run are
+        let go before the next run is fetched, so memory does not grow with the batch."""
         with self.unit() as session:
             recorded = st.locations(session, self.s.account, folder, selected.uidvalidity, uids)
         todo = [u for u in uids if u not in recorded]  # recorded by a scan that was stopped
-        for fetched in self.conn.fetch(todo, self.s.max_message_bytes):
+        for group in self.conn.fetch_groups(todo, self.s.max_message_bytes, self.s.batch_bytes):
+            self.record_group(folder, selected, group, fs)
+            group.clear()  # hold nothing while the next run is fetched
+
+    def record_group(
+        self, folder: str, selected: Selected, group: list[Fetched], fs: FolderSummary
+    ) -> None:
+        judged: list[Judged] = []
+        for fetched in group:
+            self.check_stop()  # a message not judged yet is judged again next time
             fs.fetched += 1
-            item = (fetched, *self.judge(fetched))
-            judged.append(item)
-            if self.s.evidence == "all" or self.labels_level(item[2].risk):
-                # kept at hand for the evidence store; other messages of a thread that
-                # turns risky later are fetched again when it does
-                self.raw_cache[(folder, fetched.uid)] = fetched.raw
+            judged.append((fetched, *self.judge(fetched)))
         self.summary.commands = self.conn.commands
+        self.record_safely(folder, selected, judged, fs)
+
+    def record_safely(
+        self, folder: str, selected: Selected, judged: list[Judged], fs: FolderSummary
+    ) -> None:
+        """Record judged messages in one unit of work; if the store refuses it (a value or
+        constraint it does not accept), again message by message, and the one it refuses
+        is recorded as unreadable by its UID: one message never blocks a folder. A store
+        that refuses everything (locked, full, gone) raises StoreError as before."""
+        before = (len(self.draft_candidates), fs.new_messages, fs.risky)
+        try:
+            self.record_judged(folder, selected, judged, fs)
+            return
+        except st.RowRefused:
+            if self.dry_run:  # one rolled-back transaction: nothing to retry within
+                raise
+            del self.draft_candidates[before[0] :]
+            fs.new_messages, fs.risky = before[1:]
+        for item in judged:
+            before = (len(self.draft_candidates), fs.new_messages, fs.risky)
+            try:
+                self.record_judged(folder, selected, [item], fs)
+            except st.RowRefused as exc:
+                del self.draft_candidates[before[0] :]
+                fs.new_messages, fs.risky = before[1:]
+                log.warning(
+                    "%s: UID %d: the store refused this message (%s); recorded as unreadable",
+                    folder,
+                    item[0].uid,
+                    exc.error_class,
+                )
+                self.record_unreadable(folder, selected, item, exc.error_class, fs)
+
+    def record_unreadable(
+        self, folder: str, selected: Selected, item: Judged, error: str, fs: FolderSummary
+    ) -> None:
+        """A minimal row for a message the store refused: its location, content hash and
+        the risk it was judged at, marked unchecked (label, digest) with the reason."""
+        fetched, _msg, verdict, _notes = item
+        reason = f"the store refused this message: {error}"
+        digest = content_hash(fetched.raw)
+        received = st.as_utc_naive(fetched.internal_date)
+        with self.unit() as session:
+            row = st.StoredMessage(
+                account=self.s.account,
+                folder=folder,
+                uidvalidity=selected.uidvalidity,
+                uid=fetched.uid,
+                direction="out" if folder == self.sent_folder else "in",
+                content_hash=digest,
+                thread_id=threads.new_thread_id(digest, fetched.gm_thrid),
+                date=received,
+                internal_date=received,
+                size=fetched.size,
+                risk=verdict.risk,
+                score=verdict.score,
+                categories=",".join(verdict.categories),
+                notes=reason,
+            )
+            session.add(row)
+            session.flush()
+            assert row.id is not None
+            st.add_findings(session, row.id, [unchecked_finding([reason])])
+            self.update_threads(session, self.s.account, {row.thread_id})
+        fs.new_messages += 1
+        if self.labels_level(verdict.risk):
+            fs.risky += 1
+
+    def record_judged(
+        self, folder: str, selected: Selected, judged: list[Judged], fs: FolderSummary
+    ) -> None:
         direction = "out" if folder == self.sent_folder else "in"
         account = self.s.account
+        uids = [f.uid for f, *_rest in judged]
         with self.unit() as session:
             touched: set[str] = set()
             known = st.locations(session, account, folder, selected.uidvalidity, uids)
@@ -464,8 +599,20 @@ class _Scanner:
                     touched.add(existing.thread_id)
                     continue
                 fresh.append((fetched, msg, verdict, notes, content_hash(fetched.raw)))
+            # a Message-ID first used by another sender is a forgery: flagged, and the
+            # message is kept out of that sender's thread (assign_batch)
+            reused = threads.reused_message_ids(session, account, [m for _f, m, *_ in fresh])
+            for i, (mid, first) in reused.items():
+                f, m, v, n, h = fresh[i]
+                v = threads.with_finding(self.rules, v, threads.reused_id_finding(mid, first))
+                fresh[i] = (f, m, v, n, h)
             thread_ids = threads.assign_batch(
-                session, account, [(m, h, f.gm_thrid) for f, m, _v, _n, h in fresh]
+                session,
+                account,
+                [(m, h, f.gm_thrid) for f, m, _v, _n, h in fresh],
+                owners=[drafts.own_address(self.s.server.username)],
+                owner_sent=direction == "out",
+                trusted=lambda m: is_trusted_platform_sender(self.rules.structural, m),
             )
             added: list[tuple[st.StoredMessage, Verdict]] = []
             for (fetched, msg, verdict, notes, digest), thread_id in zip(
@@ -481,15 +628,25 @@ class _Scanner:
                 added.append((row, verdict))
                 if self.s.drafts and direction == "in" and self.labels_level(verdict.risk):
                     cand = drafts.candidate(
-                        thread_id, msg, verdict.categories, self.s.server.username
+                        thread_id, msg, verdict.categories, self.s.server.username, row=row
                     )
                     if cand is not None:
                         self.draft_candidates.append(cand)
                 fs.new_messages += 1
                 if verdict.risk != "none" and level_at_least(verdict.risk, self.s.min_risk):
                     fs.risky += 1
-            if self.s.evidence == "all" and not self.dry_run:
-                st.add_evidence(session, [f.raw for f, *_rest in judged])
+            if self.s.evidence != "none" and not self.dry_run:
+                # originals of messages whose thread will be labelled (all, with "all") are
+                # kept now, while their bytes are at hand; older messages of a thread that
+                # turns risky are fetched again when it does (keep_evidence)
+                st.add_evidence(
+                    session,
+                    [
+                        f.raw
+                        for f, _m, v, _n in judged
+                        if self.s.evidence == "all" or self.labels_level(v.risk)
+                    ],
+                )
             session.flush()
             for row, verdict in added:
                 assert row.id is not None
@@ -505,10 +662,8 @@ class _Scanner:
         # A thread id may have changed since (threads merge): use the current one.
         with self.unit() as session:
             for cand in self.draft_candidates:
-                refs = ["id:" + x for x in threads.keys_for(cand.message).own]
-                current = st.ref_map(session, self.s.account, refs)
-                if refs and refs[0] in current:
-                    cand.thread_id = current[refs[0]]
+                # by the recorded row, not by its Message-ID: another sender may reuse that
+                cand.thread_id = drafts.current_thread(session, self.s.account, cand)
         self.summary.drafts = drafts.write_drafts(
             self.conn,
             self.store,
@@ -578,6 +733,17 @@ class _Scanner:
             self.update_thread(
                 session, account, thread_id, members.get(thread_id, []), rows.get(thread_id)
             )
+        # Guard/Unchecked is a message's own label, whatever its thread's risk
+        everyone = [m for ms in members.values() for m in ms]
+        unchecked = st.messages_with_rule(
+            session, [m.id for m in everyone if m.id is not None], UNCHECKED_RULE
+        )
+        if unchecked:
+            spelled = self.spellings({labelling.UNCHECKED_LABEL})
+            for m in everyone:
+                if m.id in unchecked and not spelled <= m.label_set and not m.label_pending:
+                    m.label_pending = True
+                    session.add(m)
 
     def update_thread(
         self,
@@ -620,13 +786,18 @@ class _Scanner:
             out.update(labelling.spell(label, mode, self.s.label_prefix, self.conn.delimiter))
         return out
 
-    def wanted_for(self, session: Session, row: st.StoredMessage) -> set[str]:
+    def wanted_for(
+        self, session: Session, row: st.StoredMessage, unchecked: set[int] | None = None
+    ) -> set[str]:
+        """The spellings ``row`` should carry: its thread's labels, plus Guard/Unchecked
+        when its id is in ``unchecked`` (the messages with an unchecked finding)."""
+        own = {labelling.UNCHECKED_LABEL} if unchecked and row.id in unchecked else set()
         thread = st.get_thread(session, row.account, row.thread_id)
         if thread is None or not thread.labels:
-            return set()
-        by_name = {label.name: label for label in labelling.ALL_LABELS}
+            return self.spellings(own) if own else set()
+        by_name = {label.name: label for label in labelling.THREAD_LABELS}
         wanted = {by_name[n] for n in thread.labels.split("\n") if n in by_name}
-        return self.spellings(wanted)
+        return self.spellings(wanted | own)
 
     def write_labels(self, folder: str, selected: Selected) -> None:
         """Write every label the store says messages of ``folder`` still lack."""
@@ -638,8 +809,14 @@ class _Scanner:
                 if r.uidvalidity == selected.uidvalidity
             ]
             todo: dict[str, list[st.StoredMessage]] = defaultdict(list)
+            unchecked = st.messages_with_rule(
+                session, [r.id for r in rows if r.id is not None], UNCHECKED_RULE
+            )
+            # originals are kept for messages of flagged threads, not for a message that
+            # is only unchecked
+            flagged = [r for r in rows if self.wanted_for(session, r)]
             for row in rows:
-                missing = self.wanted_for(session, row) - row.label_set
+                missing = self.wanted_for(session, row, unchecked) - row.label_set
                 if not missing:
                     row.label_pending = False
                     session.add(row)
@@ -652,7 +829,7 @@ class _Scanner:
         if self.dry_run:
             self.plan(folder, todo)
         else:
-            self.apply(folder, todo, rows, copies)
+            self.apply(folder, todo, rows, copies, flagged)
         now = st.utcnow()
         with self.unit() as session:
             for pk, spellings in self.written.items():
@@ -663,7 +840,9 @@ class _Scanner:
                     self.summary.labelled += 1
                 stored.labels = "\n".join(sorted(stored.label_set | spellings))
                 stored.labelled_at = now
-                stored.label_pending = not self.wanted_for(session, stored) <= stored.label_set
+                stored.label_pending = (
+                    not self.wanted_for(session, stored, unchecked) <= stored.label_set
+                )
                 session.add(stored)
         log.info("%s: labelled %d message(s)", folder, len(self.written))
         self.written = defaultdict(set)
@@ -674,8 +853,9 @@ class _Scanner:
         todo: dict[str, list[st.StoredMessage]],
         rows: list[st.StoredMessage],
         copies: dict[tuple[int, str], bool],
+        flagged: list[st.StoredMessage],
     ) -> None:
-        self.keep_evidence(folder, rows)
+        self.keep_evidence(folder, flagged)
         # Copies left half-done by an interrupted scan: look before copying again.
         unsure = {(pk, target) for (pk, target), done in copies.items() if not done}
         if unsure:
@@ -711,29 +891,20 @@ class _Scanner:
     def keep_evidence(self, folder: str, rows: list[st.StoredMessage]) -> None:
         """Store the original bytes of messages about to be labelled (their thread is
         flagged), before the labels: once labelled they are no longer pending, so the
-        originals must already be safe. Bytes of this batch are at hand; older messages
-        of the thread are fetched again (``BODY.PEEK[]``, one command)."""
+        originals must already be safe. Risky messages had theirs stored with their rows;
+        older messages of the thread are fetched again (``BODY.PEEK[]``), in runs of at
+        most ``batch_bytes``."""
         if self.s.evidence == "none" or not rows:
             return
         with self.unit() as session:
             missing = st.evidence_missing(session, [r.content_hash for r in rows])
         if not missing:
             return
-        raws: list[bytes] = []
-        refetch: list[int] = []
-        for row in rows:
-            if row.content_hash not in missing:
-                continue
-            raw = self.raw_cache.get((folder, row.uid))
-            if raw is not None:
-                raws.append(raw)
-            else:
-                refetch.append(row.uid)
-        if refetch:
-            for fetched in self.conn.fetch(sorted(set(refetch)), self.s.max_message_bytes):
-                raws.append(fetched.raw)
-        with self.unit() as session:
-            st.add_evidence(session, raws)
+        refetch = sorted({row.uid for row in rows if row.content_hash in missing})
+        for group in self.conn.fetch_groups(refetch, self.s.max_message_bytes, self.s.batch_bytes):
+            with self.unit() as session:
+                st.add_evidence(session, [fetched.raw for fetched in group])
+            group.clear()
 
     def settle_unsure_copies(self, folder: str, unsure: set[tuple[int, str]]) -> None:
         with self.unit() as session:
@@ -842,19 +1013,30 @@ def _scan_locked(
         conn.open()
         scanner = _Scanner(settings, store, rules, conn, dry_run, progress)
         scanner.stop_requested = control.stop_requested
+        scanner.claim_mailbox(run_id)
         folders = [only_folder] if only_folder else scanner.folders()
         for folder in folders:
             if control.stop_requested():
                 break
             scanner.scan_folder(folder)
         scanner.finish_other_folders(folders)
+        scanner.check_stop()
         scanner.write_drafts()
         if not scanner.summary.label_mode:
             scanner.resolve_mode(None)
         scanner.summary.commands = conn.commands
         scanner.summary.fetch_commands = conn.fetch_commands
         return scanner.summary
+    except ScanStopped:
+        assert scanner is not None
+        scanner.summary.stopped = True
+        scanner.summary.commands = conn.commands
+        scanner.summary.fetch_commands = conn.fetch_commands
+        return scanner.summary
     except ImapError as exc:
+        if scanner is not None and control.stop_requested():  # the daemon cut the connection
+            scanner.summary.stopped = True
+            return scanner.summary
         error = str(exc)
         raise ScanError(error, scanner.summary if scanner else None, exc.kind) from None
     except st.StoreError as exc:

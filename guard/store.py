@@ -11,7 +11,9 @@ is refused rather than guessed at.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,11 +28,94 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):
     """The store cannot be opened or written; the message says why in one line."""
+
+
+class RowRefused(StoreError):
+    """The database refused what one unit of work wrote (a value it does not accept, a
+    constraint), not the store as a whole: the scan retries message by message and records
+    the one refused as unreadable. The message names only the error class, never the SQL
+    or its parameters (they hold mail text)."""
+
+    def __init__(self, error_class: str) -> None:
+        super().__init__(f"the store refused a row: {error_class}")
+        self.error_class = error_class
+
+
+# --------------------------------------------------------------------------- values
+
+# What no column may hold: C0 controls, DEL, C1 controls; lone surrogates (not UTF-8).
+_CONTROLS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_SUSPECT = re.compile(f"[\t\n\r{_CONTROLS}\ud800-\udfff]")
+_SUSPECT_TEXT = re.compile(f"[\r{_CONTROLS}\ud800-\udfff]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_DROP = re.compile(f"[{_CONTROLS}]")
+_LINE_BREAKS = re.compile("\r\n?")
+_SPACES = re.compile("[\t\n\r]")
+INDEX_VALUE_BYTES = 1000  # a string column in an index: at most this many UTF-8 bytes
+
+
+def clean_text(
+    value: str,
+    *,
+    length: int | None = None,
+    multiline: bool = False,
+    max_bytes: int | None = None,
+) -> str:
+    """``value`` as every database accepts it: lone surrogates replaced (U+FFFD), control
+    characters removed (a one-line column turns tab, CR and LF into spaces; a text column
+    keeps tab and LF, CR LF and a lone CR becoming LF), then cut to ``length`` characters
+    and ``max_bytes`` UTF-8 bytes (whole characters only)."""
+    suspect = _SUSPECT_TEXT if multiline else _SUSPECT
+    if suspect.search(value) is not None:
+        value = _SURROGATES.sub("\ufffd", value)
+        value = _LINE_BREAKS.sub("\n", value) if multiline else _SPACES.sub(" ", value)
+        value = _DROP.sub("", value)
+    if length is not None and len(value) > length:
+        value = value[:length]
+    if max_bytes is not None and len(value) * 4 > max_bytes:
+        data = value.encode("utf-8")
+        if len(data) > max_bytes:
+            value = data[:max_bytes].decode("utf-8", "ignore")
+    return value
+
+
+class CleanString(sa.types.TypeDecorator[str]):
+    """VARCHAR(n) whose every bound value (insert, update, where) goes through
+    :func:`clean_text`: one line, at most n characters (PostgreSQL refuses longer, SQLite
+    would keep it), at most ``max_bytes`` bytes where the column is indexed."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, length: int | None = None, max_bytes: int | None = None) -> None:
+        super().__init__(length)
+        self.length = length
+        self.max_bytes = max_bytes
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return clean_text(value, length=self.length, max_bytes=self.max_bytes)
+
+    def clean(self, value: str) -> str:
+        return str(self.process_bind_param(value, None))
+
+
+class CleanText(sa.types.TypeDecorator[str]):
+    """TEXT whose every bound value goes through :func:`clean_text` (several lines)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return clean_text(value, multiline=True)
 
 
 def utcnow() -> datetime:
@@ -73,6 +158,8 @@ class FolderState(SQLModel, table=True):
     uidnext: int | None = None
     label_mode: str | None = Field(default=None, max_length=20)  # as resolved at last scan
     updated_at: NaiveDatetime = Field(default_factory=utcnow)
+    # the mailbox these UIDs belong to, "username@host" (v3; None: recorded before)
+    mailbox: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class StoredMessage(SQLModel, table=True):
@@ -250,6 +337,58 @@ class Digest(SQLModel, table=True):
     sent_at: NaiveDatetime | None = None
 
 
+def _clean_every_string_column(tables: Iterable[sa.Table]) -> None:
+    """Give every string column of the store a cleaning type, so that no value reaches
+    the database as it came out of a message: NUL and other control characters, lone
+    surrogates and over-long values are what made one message stop a folder's scan for
+    good on PostgreSQL. The DDL is unchanged (VARCHAR(n), TEXT). Done here, once, for
+    every table and every way of writing (ORM rows, bulk inserts, updates, look-ups),
+    so a look-up is cleaned exactly as the value it looks for was."""
+    for table in tables:
+        indexed = {c.name for c in table.primary_key.columns}
+        for index in table.indexes:
+            indexed.update(c.name for c in index.columns)
+        for constraint in table.constraints:
+            if isinstance(constraint, sa.UniqueConstraint):
+                indexed.update(c.name for c in constraint.columns)
+        for column in table.columns:
+            kind = column.type
+            if isinstance(kind, CleanString | CleanText):
+                continue
+            if isinstance(kind, sa.types.TypeDecorator):  # sqlmodel's AutoString
+                kind = kind.impl_instance
+            if isinstance(kind, sa.Text):
+                column.type = CleanText()
+            elif isinstance(kind, sa.String):
+                column.type = CleanString(
+                    kind.length, INDEX_VALUE_BYTES if column.name in indexed else None
+                )
+
+
+_clean_every_string_column(
+    model.__table__  # type: ignore[union-attr]
+    for model in (
+        SchemaVersion,
+        FolderState,
+        StoredMessage,
+        StoredFinding,
+        ThreadRef,
+        Thread,
+        LabelCopy,
+        ScanRun,
+        Evidence,
+        DraftRecord,
+        Digest,
+    )
+)
+_REF_TYPE: CleanString = ThreadRef.__table__.c.ref.type  # type: ignore[attr-defined]
+
+
+def stored_ref(ref: str) -> str:
+    """A thread ref as the store keeps it (cleaned, cut to its column)."""
+    return _REF_TYPE.clean(ref)
+
+
 # --------------------------------------------------------------------------- migrations
 
 # MIGRATIONS[n] brings a database from version n to n + 1.
@@ -272,7 +411,15 @@ def _v1_to_v2(conn: Connection) -> None:
     conn.execute(sa.text("DROP INDEX IF EXISTS ix_message_label_pending"))
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+def _v2_to_v3(conn: Connection) -> None:
+    """v3 records which mailbox (user, host, port) a folder's state belongs to, so an
+    account pointed at another mailbox is not taken for a UIDVALIDITY change."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("folder_state")}
+    if "mailbox" not in columns:
+        conn.execute(sa.text("ALTER TABLE folder_state ADD COLUMN mailbox TEXT"))
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _current_version(conn: Connection) -> int | None:
@@ -363,6 +510,23 @@ def describe_error(exc: BaseException) -> str:
     return line[:300]
 
 
+def error_class(exc: BaseException) -> str:
+    """The error's class, and the driver's underneath when it says more (``DataError:
+    StringDataRightTruncation``): names only, never a message (it can quote the data)."""
+    name = type(exc).__name__
+    orig = getattr(exc, "orig", None)
+    if orig is not None and type(orig).__name__ != name:
+        return f"{name}: {type(orig).__name__}"
+    return name
+
+
+def _refuses_a_row(exc: OperationalError) -> bool:
+    """An OperationalError about the data written, not the store: PostgreSQL's class 54
+    (program limit exceeded, e.g. an index entry too big)."""
+    state = getattr(exc.orig, "sqlstate", None)
+    return isinstance(state, str) and state.startswith("54")
+
+
 class Store:
     """An open store. ``session()`` gives a unit of work that commits on success."""
 
@@ -393,7 +557,15 @@ class Store:
             session.commit()
         except OperationalError as exc:
             session.rollback()
+            if _refuses_a_row(exc):
+                raise RowRefused(error_class(exc)) from None
             raise StoreError(f"database error: {describe_error(exc)}") from exc
+        except (SQLAlchemyError, UnicodeError, OverflowError) as exc:
+            # A value or constraint the database refused (DataError, IntegrityError, a
+            # driver's encoding error ...): about what this unit wrote, not the store.
+            # ``from None``: the chained error's text holds the SQL and its parameters.
+            session.rollback()
+            raise RowRefused(error_class(exc)) from None
         except BaseException:
             session.rollback()
             raise
@@ -426,10 +598,13 @@ def save_folder_state(
     highest_modseq: int | None,
     uidnext: int | None,
     label_mode: str | None = None,
+    mailbox: str | None = None,
 ) -> None:
     state = session.get(FolderState, (account, folder))
     if state is None:
         state = FolderState(account=account, folder=folder, uidvalidity=uidvalidity)
+    if mailbox:
+        state.mailbox = mailbox
     state.uidvalidity = uidvalidity
     state.last_uid = last_uid
     state.highest_modseq = highest_modseq
@@ -438,6 +613,78 @@ def save_folder_state(
         state.label_mode = label_mode
     state.updated_at = utcnow()
     session.add(state)
+
+
+# Tables whose rows belong to one account's history (findings, label copies and evidence
+# hang off messages or hashes and follow them).
+_ACCOUNT_TABLES = ("folder_state", "message", "thread_ref", "thread", "scan_run", "draft", "digest")
+
+
+def mailbox_archive(account: str, mailbox: str) -> str:
+    """The account name under which ``account``'s history with ``mailbox`` is kept once
+    the account points at another mailbox. It contains "@", which no configured account
+    name may, so it never collides with one; too long a name is shortened with a hash."""
+    name = f"{account}@{mailbox}"
+    if len(name) > 200:
+        name = f"{account}@{hashlib.sha256(mailbox.encode()).hexdigest()[:32]}"
+    return name
+
+
+def _account_has_rows(session: Session, account: str) -> bool:
+    return any(
+        session.execute(
+            sa.text(f"SELECT 1 FROM {table} WHERE account = :a LIMIT 1"), {"a": account}
+        ).first()
+        for table in _ACCOUNT_TABLES
+    )
+
+
+def _move_history(session: Session, source: str, target: str, keep_run: int | None) -> None:
+    session.flush()
+    for table in _ACCOUNT_TABLES:
+        where = "account = :source"
+        if table == "scan_run" and keep_run is not None:
+            where += " AND id <> :keep"  # the scan that is running belongs to the new one
+        session.execute(
+            sa.text(f"UPDATE {table} SET account = :target WHERE {where}"),
+            {"source": source, "target": target, "keep": keep_run},
+        )
+    session.expire_all()
+
+
+def claim_mailbox(
+    session: Session, account: str, mailbox: str, keep_run: int | None = None
+) -> tuple[str, str] | None:
+    """Make ``account``'s folder state and history that of ``mailbox``.
+
+    Folder state recorded for another mailbox (the configuration now names another host
+    or user under the same account name) is not that mailbox's: the whole history moves
+    to :func:`mailbox_archive` of the old mailbox, and a history kept earlier for
+    ``mailbox`` (the account pointed at it before) comes back. Returns ``(old mailbox,
+    archive name)`` when that happened. State recorded before v3 (no mailbox) is taken
+    to be ``mailbox``'s."""
+    states = session.exec(select(FolderState).where(FolderState.account == account)).all()
+    others = sorted({s.mailbox for s in states if s.mailbox and s.mailbox != mailbox})
+    earlier = mailbox_archive(account, mailbox)
+    if not others:
+        for state in states:
+            if state.mailbox is None:
+                state.mailbox = mailbox
+                session.add(state)
+        if not states and _account_has_rows(session, earlier):
+            # back from a mailbox that was never scanned: nothing to keep aside
+            _move_history(session, earlier, account, keep_run)
+        return None
+    old = others[0]
+    archive = mailbox_archive(account, old)
+    n = 1
+    while _account_has_rows(session, archive):
+        n += 1
+        archive = f"{mailbox_archive(account, old)[:190]}#{n}"
+    _move_history(session, account, archive, keep_run)
+    if _account_has_rows(session, earlier):
+        _move_history(session, earlier, account, keep_run)
+    return old, archive
 
 
 def message_at(
@@ -553,7 +800,7 @@ def threads_for_refs(session: Session, account: str, refs: Sequence[str]) -> lis
 
 
 def add_refs(session: Session, account: str, refs: Iterable[str], thread_id: str) -> None:
-    wanted = set(refs)
+    wanted = {stored_ref(r) for r in refs}
     if not wanted:
         return
     stmt = select(ThreadRef).where(
@@ -568,19 +815,26 @@ def add_refs(session: Session, account: str, refs: Iterable[str], thread_id: str
 
 
 def ref_map(session: Session, account: str, refs: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for start in range(0, len(refs), 500):
+    """ref -> thread id for the refs known, keyed as the caller spelled them (a ref is
+    stored cleaned, see :func:`stored_ref`)."""
+    spelled: dict[str, list[str]] = {}
+    for ref in refs:
+        spelled.setdefault(stored_ref(ref), []).append(ref)
+    keys = list(spelled)
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), 500):
         stmt = select(ThreadRef.ref, ThreadRef.thread_id).where(
-            ThreadRef.account == account, col(ThreadRef.ref).in_(list(refs[start : start + 500]))
+            ThreadRef.account == account, col(ThreadRef.ref).in_(keys[start : start + 500])
         )
-        out.update({ref: thread for ref, thread in session.exec(stmt)})
-    return out
+        found.update({ref: thread for ref, thread in session.exec(stmt)})
+    return {ref: found[key] for key, refs_of in spelled.items() if key in found for ref in refs_of}
 
 
 def set_refs(session: Session, account: str, refs: dict[str, str]) -> None:
     """Point each ref at its thread (insert or update), a few statements per batch."""
     if not refs:
         return
+    refs = {stored_ref(r): t for r, t in refs.items()}  # two spellings may be one stored ref
     existing = ref_map(session, account, sorted(refs))
     new = [
         {"account": account, "ref": r, "thread_id": t} for r, t in refs.items() if r not in existing
@@ -786,3 +1040,34 @@ def add_evidence(session: Session, raws: Iterable[bytes]) -> int:
 def evidence_bytes(session: Session, sha256: str) -> bytes | None:
     row = session.get(Evidence, sha256)
     return bytes(row.data) if row is not None else None
+
+
+def messages_with_rule(session: Session, message_pks: Sequence[int], rule: str) -> set[int]:
+    """Which of these messages have a finding of ``rule`` (the unchecked marker, say)."""
+    out: set[int] = set()
+    pks = sorted(set(message_pks))
+    for start in range(0, len(pks), 500):
+        stmt = select(StoredFinding.message_pk).where(
+            StoredFinding.rule == rule, col(StoredFinding.message_pk).in_(pks[start : start + 500])
+        )
+        out.update(session.exec(stmt).all())
+    return out
+
+
+def findings_of_rule_between(
+    session: Session, account: str, rule: str, start: datetime | None, end: datetime
+) -> list[tuple[StoredMessage, StoredFinding]]:
+    """Messages first seen in (start, end] with a finding of ``rule``, oldest first."""
+    stmt = (
+        select(StoredMessage, StoredFinding)
+        .join(StoredFinding, col(StoredFinding.message_pk) == col(StoredMessage.id))
+        .where(
+            StoredMessage.account == account,
+            StoredFinding.rule == rule,
+            col(StoredMessage.first_seen_at) <= end,
+        )
+    )
+    if start is not None:
+        stmt = stmt.where(col(StoredMessage.first_seen_at) > start)
+    stmt = stmt.order_by(col(StoredMessage.first_seen_at), col(StoredMessage.id))
+    return [(m, f) for m, f in session.exec(stmt).all()]

@@ -9,21 +9,32 @@ In order of trust:
 3. The subject, only for a message that says it is a reply ("Re:", "AW:", "RES:", ...)
    and has no usable references, and only with exactly the same set of correspondents:
    two clients writing "Re: Logo design" are never put together.
+
+Ids are the sender's to write, so they only open a thread to its participants: a message
+joins (and merges) a thread only if its sender sent or received a message of it, is the
+mailbox owner (its Sent folder, its configured address) or a verified platform sender.
+Anyone else citing a client's Message-ID starts a thread of their own and leaves the
+client's thread, its refs and its labels as they were (the same holds for a Gmail thread
+id that already belongs to other people). A message that reuses the Message-ID of an
+earlier message from another sender is a forgery: ``reused_message_ids`` finds it and
+``reused_id_finding`` is the phishing finding it gets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
-from guard import store
+from guard import msgid, store
 from guard.message import Message
+from guard.policy.engine import RuleSet, _verdict
+from guard.policy.model import Finding, Verdict
 
-_MSGID = re.compile(r"<([^<>\s]{1,900})>")
 # Reply and forward prefixes in the languages the rules cover (and Outlook's brackets).
 _PREFIX = re.compile(
     r"^\s*(?:\[[^\]]{0,40}\]\s*)?"
@@ -32,17 +43,25 @@ _PREFIX = re.compile(
     re.IGNORECASE,
 )
 
+REUSED_ID_RULE = "thread.reused-message-id"
+REUSED_ID_SCORE = 5.0  # medium on its own: labelled at the default policy.min_risk
+REUSED_ID_EXPLANATION = (
+    "This message carries the Message-ID of an earlier message from someone else. Mail "
+    "programs use that id to file replies into the same conversation, so copying it is a "
+    "way to slip a message into a real client's thread and borrow the trust you have in "
+    "it. Treat it as phishing: do not follow its payment details, links or instructions, "
+    "and check with the client on the platform. The guard kept it out of that thread."
+)
+
+Trusted = Callable[[Message], bool]
+
 
 def message_ids(header: str | None) -> list[str]:
-    """The ids in a Message-ID / In-Reply-To / References header, in order, lowercased
-    domain-insensitively enough for matching (ids are compared as written, minus <>)."""
-    if not header:
-        return []
-    found = _MSGID.findall(header)
-    if not found:
-        bare = header.strip()
-        return [bare] if bare and " " not in bare and len(bare) < 900 else []
-    return found
+    """The valid ids of a Message-ID / In-Reply-To / References header, in order, without
+    their angle brackets (ids are compared as written). Only strict ``<local@domain>``
+    tokens count (see ``guard.msgid``): encoded words, non-ASCII and other junk are
+    dropped, so they can neither hijack a thread nor end up in a draft."""
+    return [i[1:-1] for i in msgid.parse_list(header)]
 
 
 def strip_reply_prefixes(subject: str) -> tuple[str, bool]:
@@ -82,7 +101,8 @@ class ThreadKeys:
 
 
 def keys_for(msg: Message) -> ThreadKeys:
-    own = tuple(message_ids(msg.message_id))[:1]
+    own_id = msgid.parse_one(msg.message_id)
+    own = (own_id[1:-1],) if own_id else ()
     refs: list[str] = []
     for header in (msg.in_reply_to, " ".join(msg.references or ())):
         for ref in message_ids(header):
@@ -98,37 +118,24 @@ def new_thread_id(content_hash: str, gm_thrid: int | None) -> str:
     return f"t:{content_hash[:24]}"
 
 
+def sender_of(msg: Message) -> str:
+    return msg.from_.addr.lower() if msg.from_ is not None and msg.from_.addr else ""
+
+
 def assign(
     session: Session,
     account: str,
     msg: Message,
     content_hash: str,
     gm_thrid: int | None = None,
+    *,
+    owners: Collection[str] = (),
+    trusted: Trusted | None = None,
 ) -> str:
-    """The thread id for a new message; records its ids and merges threads it joins."""
-    keys = keys_for(msg)
-    ids = ["id:" + x for x in (*keys.own, *keys.refs)]
-    found = store.threads_for_refs(session, account, ids)
-    if gm_thrid is not None:
-        thread_id = f"gm:{gm_thrid}"
-        found = [t for t in found if t != thread_id]
-        store.merge_threads(session, account, thread_id, found)
-    elif found:
-        thread_id = _oldest(found)
-        store.merge_threads(session, account, thread_id, [t for t in found if t != thread_id])
-    else:
-        thread_id = ""
-        if keys.subject and keys.is_reply:
-            by_subject = store.threads_for_refs(session, account, [keys.subject])
-            if by_subject:
-                thread_id = _oldest(by_subject)
-        if not thread_id:
-            thread_id = new_thread_id(content_hash, None)
-    refs: list[str] = list(ids)
-    if keys.subject:
-        refs.append(keys.subject)
-    store.add_refs(session, account, refs, thread_id)
-    return thread_id
+    """The thread id for one new message; records its ids and merges threads it joins."""
+    return assign_batch(
+        session, account, [(msg, content_hash, gm_thrid)], owners=owners, trusted=trusted
+    )[0]
 
 
 def _oldest(thread_ids: Iterable[str]) -> str:
@@ -138,14 +145,47 @@ def _oldest(thread_ids: Iterable[str]) -> str:
     return (gm or ids)[0]
 
 
+def thread_participants(
+    session: Session, account: str, thread_ids: Sequence[str]
+) -> dict[str, set[str]]:
+    """Every address that sent or received a recorded message of each thread (lower-cased)."""
+    out: dict[str, set[str]] = {}
+    ids = sorted(set(thread_ids))
+    for start in range(0, len(ids), 500):
+        stmt = select(
+            store.StoredMessage.thread_id,
+            store.StoredMessage.sender,
+            store.StoredMessage.recipients,
+        ).where(
+            store.StoredMessage.account == account,
+            col(store.StoredMessage.thread_id).in_(ids[start : start + 500]),
+        )
+        for thread_id, sender, recipients in session.exec(stmt):
+            people = out.setdefault(thread_id, set())
+            if sender:
+                people.add(sender.lower())
+            people.update(a.strip().lower() for a in (recipients or "").split(",") if a.strip())
+    return out
+
+
 def assign_batch(
     session: Session,
     account: str,
     items: Sequence[tuple[Message, str, int | None]],
+    *,
+    owners: Collection[str] = (),
+    owner_sent: bool = False,
+    trusted: Trusted | None = None,
 ) -> list[str]:
     """Thread ids for a batch of new messages (message, content hash, Gmail thread id),
     with one look-up of the known ids for the whole batch. Messages of the batch that
-    refer to each other end up in one thread, whatever their order."""
+    refer to each other end up in one thread, whatever their order.
+
+    A message joins a thread its ids point at only when its sender is a participant of
+    that thread, one of ``owners`` (the mailbox's own addresses), ``trusted(msg)`` says it
+    is the platform, or ``owner_sent`` (the batch comes from the Sent folder). Otherwise it
+    starts its own thread, and the ids it cites keep pointing where they did."""
+    owner_set = {o.lower() for o in owners if o}
     keys = [keys_for(msg) for msg, _h, _g in items]
     wanted: set[str] = set()
     for k in keys:
@@ -153,13 +193,31 @@ def assign_batch(
         if k.subject:
             wanted.add(k.subject)
     local = store.ref_map(session, account, sorted(wanted))  # ref -> thread id
+    joinable = {local[r] for r in wanted if r in local and r.startswith("id:")}
+    joinable.update(f"gm:{g}" for _m, _h, g in items if g is not None)
+    people = thread_participants(session, account, sorted(joinable))
     changed: dict[str, str] = {}
     result: list[str] = []
-    for (_msg, content_hash, gm_thrid), k in zip(items, keys, strict=True):
+    for (msg, content_hash, gm_thrid), k in zip(items, keys, strict=True):
+        sender = sender_of(msg)
+        insider = (
+            owner_sent
+            or (bool(sender) and sender in owner_set)
+            or (trusted is not None and trusted(msg))
+        )
+
+        def welcome(thread_id: str, sender: str = sender, insider: bool = insider) -> bool:
+            known = people.get(thread_id)
+            return insider or not known or (bool(sender) and sender in known)
+
         ids = ["id:" + x for x in (*k.own, *k.refs)]
-        found = sorted({local[r] for r in ids if r in local})
-        if gm_thrid is not None:
+        cited = sorted({local[r] for r in ids if r in local})
+        found = [t for t in cited if welcome(t)]
+        if gm_thrid is not None and welcome(f"gm:{gm_thrid}"):
             thread_id = f"gm:{gm_thrid}"
+        elif gm_thrid is not None:  # Gmail filed it with other people's thread
+            thread_id = new_thread_id(content_hash, None)
+            found = []
         elif found:
             thread_id = _oldest(found)
         elif k.subject and k.is_reply and k.subject in local:
@@ -175,9 +233,73 @@ def assign_batch(
                 if t in gone:
                     local[ref] = changed[ref] = thread_id
             result = [thread_id if t in gone else t for t in result]
-        for ref in [*ids, *([k.subject] if k.subject else [])]:
-            if local.get(ref) != thread_id:
-                local[ref] = changed[ref] = thread_id
+            joined = people.setdefault(thread_id, set())
+            for t in merged:
+                joined.update(people.pop(t, set()))
+        for ref in ids:
+            current = local.get(ref)
+            if current == thread_id:
+                continue
+            if current is not None and current not in found:
+                continue  # another thread's id, cited by someone who may not join it
+            local[ref] = changed[ref] = thread_id
+        if k.subject and local.get(k.subject) != thread_id:
+            local[k.subject] = changed[k.subject] = thread_id
+        people.setdefault(thread_id, set()).update(_participants(msg))
         result.append(thread_id)
     store.set_refs(session, account, changed)
     return result
+
+
+def reused_message_ids(
+    session: Session, account: str, messages: Sequence[Message]
+) -> dict[int, tuple[str, str]]:
+    """The messages (by index) whose Message-ID was already used by a message from
+    another sender, recorded or earlier in ``messages``: index -> (id, first sender)."""
+    owns = [msgid.parse_one(m.message_id) for m in messages]
+    wanted = sorted({o for o in owns if o})
+    first: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        stmt = (
+            select(store.StoredMessage.message_id, store.StoredMessage.sender)
+            .where(
+                store.StoredMessage.account == account,
+                col(store.StoredMessage.message_id).in_(wanted[start : start + 500]),
+            )
+            .order_by(col(store.StoredMessage.id))
+        )
+        for message_id, sender in session.exec(stmt):
+            if message_id is not None:
+                first.setdefault(message_id, (sender or "").lower())
+    out: dict[int, tuple[str, str]] = {}
+    for i, (msg, own) in enumerate(zip(messages, owns, strict=True)):
+        if own is None:
+            continue
+        sender = sender_of(msg)
+        earlier = first.setdefault(own, sender)
+        if earlier != sender:
+            out[i] = (own, earlier)
+    return out
+
+
+def reused_id_finding(message_id: str, first_sender: str) -> Finding:
+    """The phishing finding for a message that reuses another sender's Message-ID."""
+    return Finding(
+        rule=REUSED_ID_RULE,
+        category="phishing",
+        score=REUSED_ID_SCORE,
+        where="header",
+        evidence=(
+            f"Message-ID {message_id} was first used by a message from "
+            f"{first_sender or 'a sender with no address'}"
+        )[:240],
+        explanation=REUSED_ID_EXPLANATION,
+        description="Message-ID copied from another sender's message",
+    )
+
+
+def with_finding(rules: RuleSet, verdict: Verdict, finding: Finding) -> Verdict:
+    """``verdict`` with one more finding, its risk, score and categories summed again by
+    the engine's own rule (what was unchecked stays unchecked)."""
+    again = _verdict(rules, [*verdict.findings, finding], list(verdict.notes))
+    return dataclasses.replace(again, unchecked=verdict.unchecked)

@@ -22,7 +22,15 @@ from typing import Any
 import re2
 
 from guard.message import Message
-from guard.policy.model import CATEGORIES, LEVELS, Finding, RulesError, Verdict
+from guard.policy.model import (
+    CATEGORIES,
+    LEVELS,
+    UNCHECKED_RULE,
+    Finding,
+    RulesError,
+    Verdict,
+    unchecked_finding,
+)
 from guard.policy.normalize import collapsed_offsets, normalise_info, normalise_tracked
 from guard.policy.structural import (
     Brand,
@@ -34,7 +42,7 @@ from guard.policy.structural import (
 
 FIELDS = ("subject", "body", "attachments", "links", "from", "filenames")
 DEFAULT_FIELDS = ("subject", "body", "attachments")
-MAX_SCAN_CHARS = 200_000  # per field; what lies beyond is noted, not silently dropped
+MAX_SCAN_CHARS = 200_000  # per text of a field; beyond it the beginning and end are scanned
 MAX_SPANS = 64
 
 # Letters and digits of the scripts the rules are written in. Small explicit ranges keep
@@ -99,6 +107,7 @@ class RuleSet:
     by_atom: dict[int, tuple[int, ...]] = field(default_factory=dict)
     fields_used: frozenset[str] = frozenset()
     ascii_atoms: dict[int, Any] = field(default_factory=dict)
+    user_scores: frozenset[str] = frozenset()  # ids whose score a user's [scores] table set
 
     def ascii_atom(self, atom: int) -> Any:
         """``atoms[atom]`` compiled for bytes, to search ASCII text encoded as bytes.
@@ -432,6 +441,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
         atom_set=atom_set,
         structural=_structural(doc),
         sources=sources,
+        user_scores=frozenset(scores),
     )
 
 
@@ -659,10 +669,22 @@ def _cancelled(rules: RuleSet, rule: TextRule, fld: _Field, span: tuple[int, int
     return False
 
 
-def _field_texts(msg: Message) -> dict[str, str]:
+def _body_texts(msg: Message) -> list[str]:
+    """The texts of the "body" field: the plain text and, when it says something else,
+    the text of the HTML alternative too (a bland text/plain part must not hide a
+    request written only in text/html). Each is scanned on its own."""
+    text, html = msg.text, msg.html_text
+    if not text.strip():
+        return [html]
+    if not html.strip() or html == text or html.split() == text.split():
+        return [text]
+    return [text, html]
+
+
+def _field_texts(msg: Message) -> dict[str, str | list[str]]:
     return {
         "subject": msg.subject,
-        "body": msg.body,
+        "body": _body_texts(msg),
         "attachments": "\n".join(a.text for a in msg.attachments if a.text),
         "links": "\n".join(link.href for link in msg.links),
         "from": f"{msg.from_.name} {msg.from_.addr}" if msg.from_ else "",
@@ -672,29 +694,42 @@ def _field_texts(msg: Message) -> dict[str, str]:
 
 def evaluate(rules: RuleSet, msg: Message) -> Verdict:
     """Run every rule and structural check on ``msg`` and sum the findings into a verdict."""
-    texts = _field_texts(msg)
     notes: list[str] = []
-    fields: dict[str, _Field] = {}
-    for name, text in texts.items():
-        if not text or name not in rules.fields_used:
+    unchecked = list(msg.unchecked)
+    fields: dict[str, list[_Field]] = {}
+    for name, value in _field_texts(msg).items():
+        if not value or name not in rules.fields_used:
             continue
-        if len(text) > MAX_SCAN_CHARS:
-            notes.append(
-                f"{name}: only the first {MAX_SCAN_CHARS:,} of {len(text):,} characters "
-                "were scanned"
-            )
-            text = text[:MAX_SCAN_CHARS]
-        fields[name] = _Field(text, rules)
+        for text in [value] if isinstance(value, str) else value:
+            if not text:
+                continue
+            pieces = [text]
+            if len(text) > MAX_SCAN_CHARS:
+                # The beginning and the end, each on its own: padding in front of (or
+                # behind) a sentence cannot push it out of reach, and no match spans
+                # the gap between the two.
+                note = (
+                    f"{name}: only the first and last {MAX_SCAN_CHARS // 2:,} of "
+                    f"{len(text):,} characters were scanned"
+                )
+                notes.append(note)
+                unchecked.append(note)
+                half = MAX_SCAN_CHARS // 2
+                pieces = [text[:half], text[len(text) - half :]]
+            fields.setdefault(name, []).extend(_Field(piece, rules) for piece in pieces)
     # Rules that can fire at all: every group atom occurs in one field (one set lookup per
     # matched atom, so harmless mail with few matches costs almost nothing).
     candidates: set[int] = set()
-    for seen in fields.values():
-        for atom in seen.matched:
-            candidates.update(rules.by_atom.get(atom, ()))
+    for units in fields.values():
+        for seen in units:
+            for atom in seen.matched:
+                candidates.update(rules.by_atom.get(atom, ()))
     trusted = is_trusted_platform_sender(rules.structural, msg)
     if not candidates:
-        return _verdict(rules, _structural_findings(rules, msg, trusted), notes)
-    anywhere = frozenset().union(*(fields[f].matched for f in DEFAULT_FIELDS if f in fields))
+        return _verdict(rules, _structural_findings(rules, msg, trusted), notes, unchecked)
+    anywhere = frozenset().union(
+        *(unit.matched for f in DEFAULT_FIELDS for unit in fields.get(f, ()))
+    )
     bulk = msg.is_bulk
     findings: list[Finding] = []
     for index in sorted(candidates):
@@ -703,9 +738,8 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
             continue
         if rule.requires and anywhere.isdisjoint(rule.requires):
             continue
-        for name in rule.fields:
-            fld = fields.get(name)
-            if fld is None or not rule.group_set <= fld.matched:
+        for name, fld in ((n, unit) for n in rule.fields for unit in fields.get(n, ())):
+            if not rule.group_set <= fld.matched:
                 continue
             span = _match_rule(rules, rule, fld)
             if span is None:
@@ -729,7 +763,7 @@ def evaluate(rules: RuleSet, msg: Message) -> Verdict:
             )
             break
     findings.extend(_structural_findings(rules, msg, trusted))
-    return _verdict(rules, findings, notes)
+    return _verdict(rules, findings, notes, unchecked)
 
 
 def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Finding]:
@@ -756,8 +790,13 @@ def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Fi
     return out
 
 
-def _verdict(rules: RuleSet, findings: list[Finding], notes: list[str]) -> Verdict:
+def _verdict(
+    rules: RuleSet, findings: list[Finding], notes: list[str], unchecked: Sequence[str] = ()
+) -> Verdict:
     """Sum findings per category into the risk level.
+
+    A message not read whole (``unchecked``: the parser's reasons and the engine's own
+    cuts) also gets :func:`unchecked_finding`, which scores nothing and names no category.
 
     Findings from bulk mail count only with their largest score per category (a newsletter
     quoting five warning examples is not five times as risky), and "supporting" findings
@@ -779,6 +818,9 @@ def _verdict(rules: RuleSet, findings: list[Finding], notes: list[str]) -> Verdi
     for level in ("low", "medium", "high"):
         if counting and total >= rules.levels[level]:
             risk = level
+    reasons = tuple(dict.fromkeys(unchecked))
+    if reasons and not any(f.rule == UNCHECKED_RULE for f in findings):
+        findings.append(unchecked_finding(reasons))
     findings.sort(key=lambda f: (-f.score, f.rule))
     return Verdict(
         risk=risk,
@@ -786,4 +828,5 @@ def _verdict(rules: RuleSet, findings: list[Finding], notes: list[str]) -> Verdi
         categories=tuple(counting),
         findings=tuple(findings),
         notes=tuple(notes),
+        unchecked=reasons,
     )

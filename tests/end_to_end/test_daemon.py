@@ -48,10 +48,12 @@ def write_config(tmp: Path, acct: MailAccount, extra: str = "", poll: int = 2) -
 class Daemon:
     """The daemon process with its stderr collected line by line."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, cli: list[str] = CLI
+    ) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [*CLI, "run", "--config", str(config)],
+            [*cli, "run", "--config", str(config)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -285,3 +287,126 @@ def test_digest_missed_at_start_is_sent_once_even_when_smtp_is_down_first(
     con = sqlite3.connect(db)
     assert con.execute("select status, attempts from digest").fetchall() == [("sent", 2)]
     con.close()
+
+
+# --------------------------------------------------------------------------- stopping mid-scan
+
+# The real CLI, with one fault injected: judging a message marked "X-Test-Slow" spins the
+# CPU in Python for SLOW_SECONDS without ever looking at the stop flag, as a hostile
+# message's parse would. Everything else (scan, store, signals, exit) is the real code.
+SLOW_ENTRY = """
+import os, sys, time
+from pathlib import Path
+
+import guard.scan as scan_module
+
+marker = Path(os.environ["SLOW_MARKER"])
+seconds = float(os.environ["SLOW_SECONDS"])
+original = scan_module._Scanner.judge
+
+
+def judge(self, fetched):
+    if b"X-Test-Slow: yes" in fetched.raw[:200]:
+        marker.write_text("judging")
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+    return original(self, fetched)
+
+
+scan_module._Scanner.judge = judge
+from guard.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def db_query(tmp: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(f"file:{tmp / 'guard.sqlite3'}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(
+    "slow_seconds",
+    [
+        3.0,  # ends within the stop grace: the scan sees the stop before writing it
+        120.0,  # never ends in time: the process exits without it
+    ],
+)
+def test_sigterm_mid_parse_stops_in_time_and_the_next_start_records_the_rest_once(
+    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon], slow_seconds: float
+) -> None:
+    total, slow_at = 40, 24
+    raws: list[bytes] = []
+    risky_ids: set[str] = set()
+    for i in range(total):
+        if i % 3 == 0:
+            raw, msgid = risky_payment(subject=f"Budget {i}", sender=f"c{i}@client.example")
+            risky_ids.add(msgid)
+        else:
+            raw, msgid = harmless(i, subject=f"Notes {i}", sender=f"c{i}@client.example")
+        if i == slow_at:
+            raw = b"X-Test-Slow: yes\r\n" + raw
+        raws.append(raw)
+    mailbox.append_many(raws)
+    # Small runs, so several commit before the slow message is reached.
+    config = write_config(tmp_path, mailbox, extra="", poll=3600)
+    text = config.read_text().replace("[store]", "batch_bytes = 4096\n[store]")
+    config.write_text(text)
+    entry = tmp_path / "slow_entry.py"
+    entry.write_text(SLOW_ENTRY)
+    marker = tmp_path / "slow-judging"
+    d = Daemon(
+        config,
+        env={"SLOW_MARKER": str(marker), "SLOW_SECONDS": str(slow_seconds)},
+        cli=[sys.executable, str(entry)],
+    )
+    daemons.append(d)
+    d.wait_for(marker.exists, timeout=60, what="the slow message being judged")
+
+    code, took = d.stop(signal.SIGTERM)
+
+    assert code == 0
+    assert took < 15  # systemd's TimeoutStopSec for the unit: SIGKILL comes after that
+    print(f"SIGTERM mid-parse ({slow_seconds:g} s message): exited in {took:.1f} s")
+    log = "\n".join(d.lines)
+    assert "Traceback" not in log and "stopped" in log
+    if slow_seconds > 10:
+        assert "judged again at the next start" in log
+    recorded = db_query(tmp_path, "select uid, message_id, risk from message")
+    assert 0 < len(recorded) <= slow_at  # what came before it, never the slow one itself
+    assert all(msgid.strip("<>") and "X-Test" not in msgid for _u, msgid, _r in recorded)
+    slow_id = raws[slow_at].split(b"Message-ID: ", 1)[1].split(b"\n", 1)[0].strip().decode()
+    assert slow_id not in {m for _u, m, _r in recorded}
+    # Every recorded message has its findings: no row was committed without them.
+    bare = db_query(
+        tmp_path,
+        "select m.uid from message m where m.risk != 'none' and not exists "
+        "(select 1 from finding f where f.message_pk = m.id)",
+    )
+    assert bare == []
+    assert {m for _u, m, r in recorded if r != "none"} <= risky_ids
+
+    # The next start (without the fault) records the rest, each message exactly once.
+    again = Daemon(config)
+    daemons.append(again)
+    again.wait_log(f"scan: {total - len(recorded)} new,", timeout=120)
+    code, _ = again.stop(signal.SIGTERM)
+    assert code == 0
+    rows = db_query(tmp_path, "select uid, count(*) from message group by uid")
+    assert len(rows) == total and all(n == 1 for _u, n in rows)
+    flagged = db_query(tmp_path, "select message_id from message where risk = 'high'")
+    assert {m for (m,) in flagged} == risky_ids
+    bare = db_query(
+        tmp_path,
+        "select m.uid from message m where m.risk != 'none' and not exists "
+        "(select 1 from finding f where f.message_pk = m.id)",
+    )
+    assert bare == []
+    flags = mailbox.flags()
+    for uid, msgid in db_query(tmp_path, "select uid, message_id from message"):
+        expected = {"$GuardHighRisk", "$GuardOffPlatformPayment"} if msgid in risky_ids else set()
+        assert {f for f in flags[uid] if f.startswith("$Guard")} == expected, msgid

@@ -22,7 +22,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from support.servers import Dovecot, MailAccount
+from support.servers import Dovecot, MailAccount, SmtpSink
 
 CLI = [sys.executable, "-m", "guard"]
 CLIENT = "Jake Morrow <jake@morrow-goods.example>"
@@ -229,9 +229,12 @@ def test_dispute_thread_exported_verified_and_one_changed_byte_caught(
     assert "dispute.threat" in timeline and "sent by you" in timeline
     assert {f: mailbox.flags(f) for f in ("INBOX", "Sent")} == flags_before
 
-    verified = cli("verify", str(bundle))
+    noted = out.split("MANIFEST.json SHA-256 ")[1].strip()
+    verified = cli("verify", str(bundle), "--expect", noted)
     assert verified.returncode == 0, verified.stderr
-    assert verified.stdout == "OK: 4 messages, 9 files verified\n"
+    assert verified.stdout == (
+        f"MANIFEST.json SHA-256 {noted} (the expected one)\nOK: 4 messages, 9 files verified\n"
+    )
 
     refusal = manifest["messages"][2]["file"]
     rewrite_with_one_byte_changed(bundle, refusal)
@@ -286,7 +289,7 @@ def test_export_fetches_from_the_server_when_nothing_was_kept(
     assert assert_eml_match_server(bundle, on_server(mailbox)) == 4
     # fetched with BODY.PEEK[] in read-only folders: not even \Seen changed
     assert {f: mailbox.flags(f) for f in ("INBOX", "Sent")} == flags_before
-    assert cli("verify", str(bundle)).stdout == "OK: 4 messages, 9 files verified\n"
+    assert cli("verify", str(bundle)).stdout.endswith("\nOK: 4 messages, 9 files verified\n")
 
 
 def test_message_deleted_from_the_server_and_not_kept_is_listed_missing(
@@ -323,10 +326,17 @@ def test_message_deleted_from_the_server_and_not_kept_is_listed_missing(
     assert manifest["counts"] == {"messages": 4, "included": 3, "partial": 0, "missing": 1}
     assert "MISSING FROM THIS BUNDLE" in read_zip(bundle)["timeline.txt"].decode()
     assert assert_eml_match_server(bundle, on_server(mailbox)) == 3
-    verified = cli("verify", str(bundle))
+    refused = cli("verify", str(bundle))  # a gap in the record is a failure ...
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "inbox-guard: error: MANIFEST.json: message 3 of 4, 2026-11-19T09:30:00Z, from "
+        "jake@morrow-goods.example, Message-ID <dispute-3@morrow-goods.example> is listed as "
+        "missing, so the bundle does not hold it (--allow-missing accepts that)"
+    ]
+    verified = cli("verify", str(bundle), "--allow-missing")  # ... unless accepted
     assert verified.returncode == 0
-    assert verified.stdout == (
-        "OK: 3 messages, 8 files verified (1 message(s) listed as missing in MANIFEST.json)\n"
+    assert verified.stdout.endswith(
+        "\nOK: 3 messages, 8 files verified (1 message(s) listed as missing in MANIFEST.json)\n"
     )
 
 
@@ -431,4 +441,94 @@ def test_export_from_a_postgresql_store(
 
     assert manifest_of(bundle)["threads"][0]["thread_id"] == thread
     assert assert_eml_match_server(bundle, on_server(mailbox)) == 4
-    assert cli("verify", str(bundle)).stdout == "OK: 4 messages, 9 files verified\n"
+    assert cli("verify", str(bundle)).stdout.endswith("\nOK: 4 messages, 9 files verified\n")
+
+
+def test_manifest_hash_mailed_to_the_digest_address_checks_the_bundle(
+    mailbox: MailAccount, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    seed_dispute(mailbox)
+    config = write_config(tmp_path, mailbox)
+    smtp_pw = tmp_path / "smtp-password"
+    smtp_pw.write_text(smtp_sink.password + "\n")
+    smtp_pw.chmod(0o600)
+    with config.open("a") as fh:
+        fh.write(
+            "[smtp]\n"
+            'host = "127.0.0.1"\n'
+            f"port = {smtp_sink.port}\n"
+            'tls = "starttls"\n'
+            f'username = "{smtp_sink.username}"\n'
+            f'password_file = "{smtp_pw}"\n'
+            f'ca_file = "{smtp_sink.ca_file}"\n'
+            "[digest]\n"
+            'to = "Alex at home <alex@home.example>"\n'
+            'from = "inbox-guard <guard@work.example>"\n'
+        )
+    ok("scan", "--config", str(config))
+    thread = dispute_thread_id(config)
+    bundle = tmp_path / "dispute.zip"
+
+    out = ok("export", thread, "--out", str(bundle), "--mail-hash", "--config", str(config))
+
+    manifest_sha = hashlib.sha256(read_zip(bundle)["MANIFEST.json"]).hexdigest()
+    assert out.splitlines()[1] == (
+        "mailed the MANIFEST.json SHA-256 to Alex at home <alex@home.example>"
+    )
+    [sent] = smtp_sink.wait_for(1)
+    assert sent.rcpt_tos == ("alex@home.example",) and sent.tls
+    assert sent.auth_user == smtp_sink.username
+    mail_ = sent.message
+    assert mail_["Subject"] == f"inbox-guard evidence bundle: MANIFEST.json SHA-256 {manifest_sha}"
+    assert mail_["Date"] is not None and mail_["Auto-Submitted"] == "auto-generated"
+    text = mail_.get_content()
+    assert f"inbox-guard verify dispute.zip --expect {manifest_sha}" in text
+    assert "4 of 4 in the bundle" in text and thread in text
+    assert "full refund" not in text  # no mail text in it
+    assert cli("verify", str(bundle), "--expect", manifest_sha).returncode == 0
+
+    # the same bundle rebuilt with other content is caught by the mailed hash only
+    entries = read_zip(bundle)
+    manifest = json.loads(entries["MANIFEST.json"])
+    refusal = manifest["messages"][2]
+    forged = entries[refusal["file"]].replace(b"full refund", b"small favour")
+    refusal["sha256"] = refusal["recorded_sha256"] = hashlib.sha256(forged).hexdigest()
+    refusal["size"] = len(forged)
+    data = json.dumps(manifest).encode()
+    sums = [f"{hashlib.sha256(data).hexdigest()}  MANIFEST.json"] + [
+        f"{e['sha256']}  {e['file']}" for e in manifest["messages"] + manifest["files"]
+    ]
+    entries.update(
+        {
+            refusal["file"]: forged,
+            "MANIFEST.json": data,
+            "MANIFEST.json.sha256": "\n".join(sums).encode(),
+        }
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in entries.items():
+            zf.writestr(name, content)
+    bundle.write_bytes(buffer.getvalue())
+    assert cli("verify", str(bundle)).returncode == 0  # consistent with itself
+    caught = cli("verify", str(bundle), "--expect", manifest_sha)
+    assert caught.returncode == 1
+    assert f"not the expected {manifest_sha}" in caught.stderr
+
+
+def test_mail_hash_without_a_digest_configured_is_refused_before_exporting(
+    mailbox: MailAccount, tmp_path: Path
+) -> None:
+    seed_dispute(mailbox)
+    config = write_config(tmp_path, mailbox)
+    ok("scan", "--config", str(config))
+    bundle = tmp_path / "dispute.zip"
+
+    proc = cli(
+        "export", "--query", "shopify", "--out", str(bundle), "--mail-hash", "-c", str(config)
+    )
+
+    assert proc.returncode == 2 and not bundle.exists()
+    assert proc.stderr == (
+        "inbox-guard: error: --mail-hash needs [digest] and [smtp] in the configuration\n"
+    )

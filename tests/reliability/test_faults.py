@@ -1457,3 +1457,127 @@ def test_disk_full_mid_scan_then_space_returns(
     assert_no_partial_state(corpus, mailbox, db)
     assert scan_once(config) is None
     assert_intact(corpus, mailbox, db)
+
+
+# --------------------------------------------------------------------------- 10: poison messages
+
+POISON_MARK = "Zq7poison"  # in every poison message; must never reach the daemon's log
+
+
+def _poison_raws(number: int) -> list[tuple[str, bytes]]:
+    """(Message-ID as the snapshot reads it, bytes) of messages whose values a database
+    refuses as they are; every one parses cleanly (nothing about them is "unchecked")."""
+    head = (
+        f"To: {FREELANCER}\r\nDate: Tue, 1 Sep 2026 09:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+    ).encode()
+    body = f"\r\nThanks, see you on Monday. {POISON_MARK}\r\n".encode()
+    long_id = "p" * 1200 + f".{number}@poison.example"
+    cases = [
+        # a subject whose encoded word decodes to a NUL (PostgreSQL refuses NUL in text)
+        (
+            b"From: Ana <ana@poison.example>\r\n",
+            b"Subject: =?utf-8?q?Hello=00World_Zq7poison?=\r\n",
+        ),
+        # a display name over 998 characters (longer than the column: refused on PostgreSQL)
+        (
+            b'From: "' + b"Client " * 160 + POISON_MARK.encode() + b'" <c@poison.example>\r\n',
+            b"Subject: Budget\r\n",
+        ),
+        # control characters, DEL and a C1 control in a subject and a name
+        (
+            b"From: =?utf-8?q?B=1B[31mob=7F=C2=9B?= <bob@poison.example>\r\n",
+            b"Subject: =?utf-8?q?a=01b=08c_Zq7poison?=\r\n",
+        ),
+        # an encoded word that decodes to lone surrogates (not encodable as UTF-8)
+        (
+            b"From: Dan <dan@poison.example>\r\n",
+            b"Subject: =?utf-16-le?b?ANhBAADc?= Zq7poison\r\n",
+        ),
+    ]
+    out = []
+    for i, (sender, subject) in enumerate(cases):
+        msgid = long_id if i == 1 else f"poison.{number}.{i}@poison.example"
+        out.append((msgid, sender + subject + f"Message-ID: <{msgid}>\r\n".encode() + head + body))
+    return out
+
+
+def _store_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql))]
+    except sa.exc.SQLAlchemyError:  # no tables yet, or locked for a moment
+        return []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.seeds(fast=1, soak=4)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_poison_message_in_the_middle_of_a_batch(
+    seed: int,
+    backend: str,
+    mailbox: MailAccount,
+    tmp_path: Path,
+    daemons: Callable[[Path], Daemon],
+    request: pytest.FixtureRequest,
+) -> None:
+    """A few messages whose values the database refuses as they are (a NUL, a display
+    name over 998 characters, control characters, lone surrogates), among ordinary mail in
+    the daemon's batches: every message is recorded, the ones after the poison are judged
+    and labelled, the daemon keeps working (new mail, more poison) and logs no crash,
+    traceback or mail text."""
+    rng = random.Random(f"poison-{seed}")
+    corpus = build_corpus(rng, f"p{seed}", risky_each=1, quiet=2, singles=30)
+    inbox = corpus.in_folder("INBOX")
+    poisons = _poison_raws(1)
+    # Poison early in the first batches (25 messages each), before risky replies.
+    where = sorted(rng.sample(range(1, min(len(inbox), 40)), len(poisons)))
+    for (msgid, raw), at in zip(reversed(poisons), reversed(where), strict=True):
+        thread = corpus.new_thread("poison")
+        mail = Mail("INBOX", msgid, raw, frozenset(), thread.number)
+        corpus.mails.insert(corpus.mails.index(inbox[at]), mail)
+    corpus.upload(mailbox)
+    url = (
+        str(request.getfixturevalue("postgres_url"))
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path / DB_NAME}"
+    )
+    config = write_config(tmp_path, mailbox, mailbox.port, store={"url": url})
+
+    def recorded() -> int:
+        rows = _store_rows(
+            url,
+            "select count(*), sum(case when label_pending then 1 else 0 end) from message",
+        )
+        undone = _store_rows(url, "select count(*) from label_copy where not done")
+        if not rows or not undone:
+            return -1
+        count, pending = rows[0]
+        return int(count) if not pending and not undone[0][0] else -1
+
+    daemon = daemons(config)
+    daemon.wait_for(lambda: recorded() == len(corpus.mails), 90, "every message recorded")
+    snap = snapshot(mailbox)
+    problems = _check_mail(corpus, snap, final=True) + _check_copies(corpus, snap, final=True)
+    assert not problems, "after the first scan:\n  " + "\n  ".join(problems[:20])
+
+    # The daemon goes on: more poison, then a risky message after it in the same batch.
+    more = _poison_raws(2)
+    thread = corpus.new_thread("poison")
+    for msgid, raw in more:
+        corpus.mails.append(Mail("INBOX", msgid, raw, frozenset(), thread.number))
+    risky = corpus.message(corpus.new_thread("payment"), "INBOX", PAYMENT_BODY, "payment")
+    corpus.upload(mailbox, [*corpus.mails[-len(more) - 1 : -1], risky])
+    daemon.wait_for(lambda: recorded() == len(corpus.mails), 60, "the new mail recorded")
+    snap = snapshot(mailbox)
+    problems = _check_mail(corpus, snap, final=True) + _check_copies(corpus, snap, final=True)
+    assert not problems, "after more poison:\n  " + "\n  ".join(problems[:20])
+    assert daemon.stop() == 0
+    assert_clean_log(daemon, mailbox.password, POISON_MARK, "[SQL", "[parameters")
+    assert daemon.count("crashed") == 0 and daemon.count("scan failed") == 0, daemon.log
+    uids = [int(u) for (u,) in _store_rows(url, "select uid from message where folder = 'INBOX'")]
+    assert sorted(uids) == [s.uid for s in snap["INBOX"]]

@@ -4,15 +4,26 @@ The fast variant runs a few hundred mutated messages and the extreme shapes once
 INBOX_GUARD_SOAK=1 for the long variant (10,000 mutations). Limits that apply: at most
 ``MAX_PARTS`` MIME parts are read, every text field is capped at ``MAX_TEXT_CHARS``, the
 engine scans at most ``MAX_SCAN_CHARS`` per field; what was skipped is recorded in the
-message's defects or the verdict's notes, never silently dropped.
+message's defects or the verdict's notes, never silently dropped, and the message is marked
+unchecked (``Message.unchecked``, ``Verdict.unchecked`` and a ``guard.unchecked`` finding).
+
+Padding cannot hide a risky sentence: every shape below that wraps ``PAYMENT_BODY`` (HIGH on
+its own) must still be judged HIGH. Time and memory per message are bounded: the extreme
+shapes run in a child process each, which reports its own peak RSS (``ru_maxrss`` of that
+child only, so what other tests allocated does not count) and the time it took; the bound
+asserted is on memory, relative to the message size (times are printed, not asserted).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
-import resource
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +32,7 @@ from support.mail import CONTACT_BODY, PAYMENT_BODY, make
 
 from guard.message import MAX_PARTS, MAX_TEXT_CHARS, parse_message
 from guard.policy import LEVELS, load_rules
-from guard.policy.engine import MAX_SCAN_CHARS
+from guard.policy.model import UNCHECKED_RULE
 
 SOAK = os.environ.get("INBOX_GUARD_SOAK") == "1"
 RULES = load_rules()
@@ -91,8 +102,154 @@ def test_mutated_messages_never_escape(data: hs.DataObject) -> None:
     judge(raw)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ------------------------------------------------------------------ extreme shapes in a child
+
+HEAD = (
+    b"From: Dana <dana@client.example>\r\nTo: me@work.example\r\nSubject: hello\r\n"
+    b"MIME-Version: 1.0\r\n"
+)
+RISKY = PAYMENT_BODY.encode()
+
+
+def _nested_multipart(depth: int) -> bytes:
+    raw = b"Content-Type: text/plain\r\n\r\n" + RISKY + b"\r\n"
+    for level in range(depth):
+        b = b"L%d" % level
+        raw = (
+            b'Content-Type: multipart/mixed; boundary="' + b + b'"\r\n\r\n--' + b + b"\r\n"
+            + raw + b"\r\n--" + b + b"--\r\n"
+        )  # fmt: skip
+    return b"From: a@x.example\r\nSubject: deep\r\nMIME-Version: 1.0\r\n" + raw
+
+
+# name -> (builder source, evaluated in the child; the risk the message must get, or None).
+SHAPES: dict[str, tuple[str, str | None]] = {
+    "html_alternative_only": (
+        "HEAD + b'Content-Type: multipart/alternative; boundary=\"A\"\\r\\n\\r\\n--A\\r\\n'"
+        " b'Content-Type: text/plain\\r\\n\\r\\nHi, the HTML version has the details.\\r\\n'"
+        " b'--A\\r\\nContent-Type: text/html\\r\\n\\r\\n<p>' + RISKY + b'</p>\\r\\n--A--\\r\\n'",
+        "high",
+    ),
+    "thousand_empty_parts": (
+        "HEAD + b'Content-Type: multipart/mixed; boundary=\"B\"\\r\\n\\r\\n'"
+        " + b'--B\\r\\nContent-Type: text/plain\\r\\n\\r\\n\\r\\n' * 1000"
+        " + b'--B\\r\\nContent-Type: text/plain\\r\\n\\r\\n' + RISKY + b'\\r\\n--B--\\r\\n'",
+        "high",
+    ),
+    "two_mb_html_comment": (
+        "HEAD + b'Content-Type: text/html\\r\\n\\r\\n<html><body><!--' + b'x' * (2 << 20)"
+        " + b'--><p>' + RISKY + b'</p></body></html>\\r\\n'",
+        "high",
+    ),
+    "million_chars_padding": (
+        "HEAD + b'Content-Type: text/plain\\r\\n\\r\\n' + b'padding ' * 125_000"
+        " + b'\\r\\n' + RISKY + b'\\r\\n'",
+        "high",
+    ),
+    "thousand_levels_of_nesting": ("_nested_multipart(1000)", "high"),
+    "120k_nested_divs": (
+        "HEAD + b'Content-Type: text/html\\r\\n\\r\\n<html><body>' + b'<div>' * 120_000"
+        " + b'<p>' + RISKY + b'</p>' + b'</div>' * 120_000 + b'</body></html>\\r\\n'",
+        "high",
+    ),
+    "320k_adjacent_encoded_words": (
+        "b'From: a@x.example\\r\\nSubject: ' + b'=?utf-8?q?a?= ' * 320_000"
+        " + b'\\r\\n\\r\\n' + RISKY + b'\\r\\n'",
+        "high",
+    ),
+    "ten_mb_subject": (
+        "b'From: a@x.example\\r\\nSubject: =?utf-8?b?' + base64.b64encode(b'a' * (15 << 19))"
+        " + b'?=\\r\\n\\r\\n' + RISKY + b'\\r\\n'",
+        "high",
+    ),
+    "66mb_folded_subject": (
+        "b'From: a@x.example\\r\\nSubject:' + b'\\r\\n ' * (22 << 20) + b' hi\\r\\n\\r\\n'"
+        " + RISKY + b'\\r\\n'",
+        "high",
+    ),
+    "fifty_mb_single_line": (
+        "b'From: a@x.example\\r\\nSubject: huge\\r\\n\\r\\n' + b'A' * (50 << 20)"
+        " + b' ' + RISKY + b'\\r\\n'",
+        "high",
+    ),
+}
+# Shapes whose message is not read whole: the verdict must say so.
+UNCHECKED_SHAPES = {
+    "thousand_empty_parts",
+    "two_mb_html_comment",
+    "million_chars_padding",
+    "thousand_levels_of_nesting",
+    "120k_nested_divs",
+    "320k_adjacent_encoded_words",
+    "ten_mb_subject",
+    "66mb_folded_subject",
+    "fifty_mb_single_line",
+}
+
+_CHILD = textwrap.dedent(
+    """
+    import base64, json, resource, sys, time
+    sys.path[:0] = {paths!r}
+    from test_hostile_input import HEAD, RISKY, _nested_multipart
+    from guard.message import parse_message
+    from guard.policy import evaluate, load_rules
+    rules = load_rules()
+    evaluate(rules, parse_message(HEAD + b"\\r\\n" + RISKY))  # warm: compiled automata
+    raw = {source}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    msg = parse_message(raw)
+    verdict = evaluate(rules, msg)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{
+        "size": len(raw), "risk": verdict.risk, "seconds": seconds,
+        "rss_before_kb": before, "rss_peak_kb": peak,
+        "msg_unchecked": list(msg.unchecked), "unchecked": list(verdict.unchecked),
+        "rules": [f.rule for f in verdict.findings],
+    }}))
+    """
+)
+
+
+def run_shape(name: str) -> dict[str, object]:
+    """Parse and judge one shape in a fresh child; its own peak RSS and time."""
+    here = Path(__file__).resolve().parent
+    paths = [str(here), str(here.parent)]
+    code = _CHILD.format(paths=paths, source=SHAPES[name][0])
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# Peak RSS of the child over what it held before parsing (the raw bytes, the rules), as a
+# multiple of the message size, plus a fixed allowance. Generous: catches the 14x of the
+# folded Subject (915 MB for 66 MB), not allocator noise.
+RSS_FACTOR = 6
+RSS_ALLOWANCE_MB = 150
+
+
+@pytest.mark.parametrize("name", sorted(set(SHAPES) - {"fifty_mb_single_line"}))
+def test_extreme_shapes_are_judged_bounded_and_marked(name: str) -> None:
+    result = run_shape(name)
+    size_mb = int(result["size"]) / (1 << 20)  # type: ignore[call-overload]
+    grown_mb = (int(result["rss_peak_kb"]) - int(result["rss_before_kb"])) / 1024  # type: ignore[call-overload]
+    print(
+        f"\n{name}: {size_mb:.1f} MB, {result['seconds']:.2f} s, peak RSS "
+        f"{int(result['rss_peak_kb']) / 1024:.0f} MB (+{grown_mb:.0f} MB), risk {result['risk']}"  # type: ignore[call-overload]
+    )
+    expected = SHAPES[name][1]
+    if expected is not None:
+        assert result["risk"] == expected, result
+    if name in UNCHECKED_SHAPES:
+        assert result["unchecked"], result
+        assert UNCHECKED_RULE in result["rules"]  # type: ignore[operator]
+    else:
+        assert not result["unchecked"], result
+    assert grown_mb < RSS_FACTOR * size_mb + RSS_ALLOWANCE_MB, result
 
 
 def test_ten_thousand_parts_are_read_up_to_the_limit_and_noted() -> None:
@@ -127,14 +284,12 @@ def test_two_hundred_levels_of_nesting() -> None:
     judge(raw)
 
 
-@pytest.mark.parametrize("size_mb", [50])
-def test_a_fifty_megabyte_single_line_is_capped_and_noted(size_mb: int) -> None:
-    line = b"A" * (size_mb * 1024 * 1024)
-    raw = b"From: a@x.example\r\nSubject: huge\r\n\r\n" + line + b" pay me via PayPal\r\n"
-    msg = parse_message(raw)
-    assert len(msg.text) <= MAX_TEXT_CHARS
-    assert msg.defects  # the cut is recorded
-    verdict = evaluate_rules(msg)
-    assert getattr(verdict, "notes", ()) or len(msg.text) <= MAX_SCAN_CHARS
-    # Memory stays within a small multiple of the message itself.
-    assert _peak_rss_mb() < 2048
+def test_a_fifty_megabyte_single_line_is_capped_and_noted() -> None:
+    """The cut is recorded and the end of the line still read; memory in the child only
+    (the old version read the whole pytest process's peak, reached by earlier tests)."""
+    result = run_shape("fifty_mb_single_line")
+    assert result["risk"] == "high"
+    assert any("truncated" in note for note in result["msg_unchecked"])  # type: ignore[attr-defined]
+    size_mb = int(result["size"]) / (1 << 20)  # type: ignore[call-overload]
+    grown_mb = (int(result["rss_peak_kb"]) - int(result["rss_before_kb"])) / 1024  # type: ignore[call-overload]
+    assert grown_mb < RSS_FACTOR * size_mb + RSS_ALLOWANCE_MB

@@ -237,7 +237,10 @@ def assert_inert_html(html: str) -> None:
         ("Write to john.doe@mail.evil.example.", "Write to john.doe@mail[.]evil[.]example."),
         ("xn--80ak6aa92e.com", "xn--80ak6aa92e[.]com"),
         ("login.xn--p1ai/secure", "login[.]xn--p1ai/secure"),
-        ("пример.рф and münchen.de", "пример[.]рф and münchen[.]de"),
+        (
+            "пример.рф and münchen.de",
+            "пример[.]рф (xn--e1afmkfd[.]xn--p1ai) and münchen[.]de (xn--mnchen-3ya[.]de)",
+        ),
         ("evil\u3002com and evil\uff0ecom", "evil[.]com and evil[.]com"),
         ("http://192.168.10.1/admin", "hxxp://192[.]168[.]10[.]1/admin"),
         ("ping 10.0.0.1", "ping 10[.]0[.]0[.]1"),
@@ -274,6 +277,95 @@ def test_defang_is_idempotent(text: str) -> None:
     once = dg.defang(text)
     assert dg.defang(once) == once
     assert re.search(r"(?i)(?:https?|ftps?)://", once) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("_evil.com", "_evil[.]com"),
+        ("-evil.com", "-evil[.]com"),
+        ("evil.com_", "evil[.]com_"),
+        ("evil.com-", "evil[.]com-"),
+        ("see __evil.example__ now", "see __evil[.]example__ now"),
+        ("go to -login-.evil.example-", "go to -login-[.]evil[.]example-"),
+        ("bob@_evil.com", "bob@_evil[.]com"),
+        ("hxxp://x/?u=_evil.com_", "hxxp://x/?u=_evil[.]com_"),
+        ("x.1.2.3.4_", "x.1[.]2[.]3[.]4_"),
+        ("“evil.com”", "“evil[.]com”"),
+        # an e-mail address's local part is not a host, even with "-" or "_" in it
+        ("john.doe-x@mail.evil.example", "john.doe-x@mail[.]evil[.]example"),
+        ("john.doe_@evil.example", "john.doe_@evil[.]example"),
+    ],
+)
+def test_defang_hosts_with_leading_or_trailing_underscore_or_hyphen(
+    raw: str, expected: str
+) -> None:
+    assert dg.defang(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("pаypal.com", "pаypal[.]com (xn--pypal-4ve[.]com)"),  # Cyrillic а
+        ("mail bob@pаypal.com now", "mail bob@pаypal[.]com (xn--pypal-4ve[.]com) now"),
+        ("https://pаypal.com/login", "hxxps://pаypal[.]com (xn--pypal-4ve[.]com)/login"),
+        ("ｐａｙｐａｌ.com", "ｐａｙｐａｌ[.]com (paypal[.]com)"),  # full-width letters
+        ("💩.la", "💩[.]la (xn--ls8h[.]la)"),  # IDNA 2003 only
+        ("é-.com", "é-[.]com (xn----9fa[.]com)"),  # invalid IDNA 2008: raw punycode
+        ("\u0301a.com", "\u0301a[.]com (xn--a-wbb[.]com)"),  # leading combining mark
+        ("भारत.com", "भारत[.]com (xn--h2brj9c[.]com)"),  # vowel signs stay in the label
+        ("plain.example", "plain[.]example"),
+    ],
+)
+def test_defang_shows_non_ascii_hosts_with_their_punycode(raw: str, expected: str) -> None:
+    assert dg.defang(raw) == expected
+    assert dg.defang(expected) == expected
+
+
+@pytest.mark.parametrize(
+    "label",
+    ["x" * 70 + "é", "é" * 300, "☕-", "ß" * 64, "\u0345é", "a_é", "-é-"],
+)
+def test_punycode_never_fails_on_labels_idna_refuses(label: str) -> None:
+    out = dg.defang(f"{label}.example")
+    assert out.startswith(f"{label}[.]example (")
+    assert out.endswith("[.]example)")
+    assert out.split(" (", 1)[1].isascii()
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.text(alphabet="aé_-.。@ xnа💩\u0301[]()", max_size=40))
+def test_defang_with_unicode_is_idempotent_and_annotations_are_ascii(text: str) -> None:
+    once = dg.defang(text)
+    assert dg.defang(once) == once
+    for host in re.findall(r"\(([^()]*)\)", once):
+        if host not in text:
+            assert host.isascii()
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        "\U0001bca0", "\U0001bca1", "\U0001bca2", "\U0001bca3",  # shorthand format controls
+        *(chr(c) for c in range(0x1D173, 0x1D17B)),  # musical symbol format characters
+        "\u00ad", "\u034f", "\u061c", "\u115f", "\u1160", "\u17b4", "\u180e", "\u200b",
+        "\u2065", "\u3164", "\ufe0f", "\ufeff", "\uffa0", "\ufff0", "\U000e0001",
+        "\U000e0041", "\U000e0100", "\U000e0fff", "\u0600", "\U000110bd", "\U00013430",
+    ],
+)  # fmt: skip
+def test_safe_text_strips_every_default_ignorable_code_point(hidden: str) -> None:
+    assert dg.safe_text(f"pay{hidden}pal{hidden}.com") == "paypal[.]com"
+
+
+def test_safe_text_strips_all_default_ignorables_of_the_unicode_tables() -> None:
+    # Default_Ignorable_Code_Point is Other_Default_Ignorable + Cf + variation selectors
+    # (less white space and a few visible marks): every Cf the running Python knows is gone.
+    import sys
+    import unicodedata
+
+    cf = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"]
+    assert len(cf) > 150
+    assert dg.safe_text("a" + "".join(cf) + "b") == "ab"
 
 
 def test_safe_text_strips_escapes_bidi_and_invisible_characters() -> None:
@@ -324,6 +416,38 @@ def test_hostile_subjects_senders_and_evidence_are_inert_in_both_parts(
     # the text part is not HTML: shown as written, never escaped into &lt; noise
     assert "<script>document[.]body" in rendered.text
     assert "&lt;" not in rendered.text
+
+
+def test_digest_defangs_edge_hosts_strips_ignorables_and_shows_punycode(
+    store: st.Store, config: Config
+) -> None:
+    subject = "Payout on _evil.com, -evil.com and evil.com_ today"
+    evidence = "log in at p\U0001bca0аypal.com or pay\U0001d173pal\U0001d17a.com"
+    add_thread(
+        store,
+        "t-edges",
+        updated_at=T0,
+        subject=subject,
+        messages=[
+            {
+                "sender": "billing@-evil.com",
+                "sender_name": "Billing\U0001bca3 team",
+                "subject": subject,
+                "findings": [("phish.link", "phishing", evidence)],
+            }
+        ],
+        categories=("phishing",),
+    )
+    rendered = dg.preview(store, config, now=T0 + timedelta(hours=1))
+    for part in (rendered.text, rendered.html):
+        assert "_evil[.]com, -evil[.]com and evil[.]com_ today" in part
+        assert "billing@-evil[.]com" in part
+        assert "evil.com" not in part
+        assert "pаypal[.]com (xn--pypal-4ve[.]com)" in part
+        assert "paypal[.]com" in part  # the invisible musical symbols are gone
+        assert "Billing team" in part
+        for char in ("\U0001bca0", "\U0001bca3", "\U0001d173", "\U0001d17a"):
+            assert char not in part
 
 
 def test_digest_lists_messages_evidence_explanations_advice_and_reply(

@@ -19,7 +19,11 @@ from hypothesis import strategies as st
 from guard.message import (
     ATTACHMENT_TEXT_CHARS,
     MAX_ATTACHMENTS,
+    MAX_HEADER_BYTES,
+    MAX_HTML_DEPTH,
     MAX_LINKS,
+    MAX_MIME_DEPTH,
+    MAX_PARTS,
     MAX_TEXT_CHARS,
     Address,
     Link,
@@ -858,3 +862,109 @@ def test_tune_allocator_is_explicit_and_can_be_switched_off(monkeypatch) -> None
     assert tune_allocator() is False
     monkeypatch.delenv("GUARD_MALLOC_DEFAULTS")
     assert isinstance(tune_allocator(), bool)
+
+
+# --------------------------------------------------------------------------------------
+# Limits: what was not read whole is sampled (beginning, end, every part) and named in
+# Message.unchecked.
+
+TAIL_SENTENCE = "the end of this message is still read"
+
+
+def test_ordinary_mail_is_not_unchecked() -> None:
+    msg = parse_message(bytes(build(text="Hi", html="<p>Hi</p>")))
+    assert msg.unchecked == ()
+
+
+def test_padded_text_keeps_its_end_and_is_unchecked() -> None:
+    body = ("padding " * (MAX_TEXT_CHARS // 8 + 10) + "\n" + TAIL_SENTENCE).encode()
+    msg = parse_message(raw_mail("Subject: padded", body))
+    assert len(msg.text) <= MAX_TEXT_CHARS
+    assert msg.text.startswith("padding") and msg.text.endswith(TAIL_SENTENCE)
+    assert any("text truncated" in reason for reason in msg.unchecked)
+
+
+def test_every_text_part_is_sampled_when_the_parts_are_too_long() -> None:
+    parts = b"".join(
+        b"--B\nContent-Type: text/plain\n\npart %d start " % i + b"x" * 400_000 + b" end %d\n" % i
+        for i in range(4)
+    )
+    msg = parse_message(raw_mail('Content-Type: multipart/mixed; boundary="B"', parts + b"--B--\n"))
+    assert len(msg.text) <= MAX_TEXT_CHARS
+    for i in range(4):
+        assert f"part {i} start" in msg.text and f"end {i}" in msg.text
+    assert msg.unchecked
+
+
+def test_parts_past_the_limit_still_read_the_last_ones() -> None:
+    parts = b"--B\nContent-Type: text/plain\n\n\n" * (MAX_PARTS + 200)
+    parts += b"--B\nContent-Type: text/plain\n\n" + TAIL_SENTENCE.encode() + b"\n--B--\n"
+    msg = parse_message(raw_mail('Content-Type: multipart/mixed; boundary="B"', parts))
+    assert TAIL_SENTENCE in msg.text
+    assert any(f"more than {MAX_PARTS} MIME parts" in reason for reason in msg.unchecked)
+
+
+def test_html_alternative_is_kept_beside_a_different_plain_part() -> None:
+    msg = parse_message(bytes(build(text="See the HTML version.", html=f"<p>{TAIL_SENTENCE}</p>")))
+    assert msg.text.strip() == "See the HTML version."
+    assert msg.html_text == TAIL_SENTENCE
+
+
+def test_huge_html_reads_its_beginning_and_its_end() -> None:
+    html = "<p>first words</p><!--" + "x" * 2_500_000 + f"--><p>{TAIL_SENTENCE}</p>"
+    msg = parse_message(raw_mail("Content-Type: text/html", html))
+    assert "first words" in msg.html_text and TAIL_SENTENCE in msg.html_text
+    assert any("html" in reason for reason in msg.unchecked)
+
+
+def test_deeply_nested_html_is_read_without_its_deep_markup() -> None:
+    depth = MAX_HTML_DEPTH * 20
+    html = "<div>" * depth + f"<p>{TAIL_SENTENCE}</p>" + "</div>" * depth + "<p>after</p>"
+    msg = parse_message(raw_mail("Content-Type: text/html", html))
+    assert TAIL_SENTENCE in msg.html_text and "after" in msg.html_text
+    assert any("nested deeper" in reason for reason in msg.unchecked)
+
+
+def test_mismatched_end_tags_do_not_hide_html_depth() -> None:
+    html = "<div></span>" * (MAX_HTML_DEPTH * 20) + TAIL_SENTENCE
+    msg = parse_message(raw_mail("Content-Type: text/html", html))
+    assert TAIL_SENTENCE in msg.html_text
+    assert any("nested deeper" in reason for reason in msg.unchecked)
+
+
+def test_mime_nesting_past_the_limit_is_read_as_text() -> None:
+    raw = b"Content-Type: text/plain\n\n" + TAIL_SENTENCE.encode() + b"\n"
+    for level in range(1000):
+        b = b"L%d" % level
+        raw = b'Content-Type: multipart/mixed; boundary="%s"\n\n--%s\n%s\n--%s--\n' % (
+            b,
+            b,
+            raw,
+            b,
+        )
+    msg = parse_message(b"From: a@x.example\nSubject: deep\n" + raw)
+    assert msg.subject == "deep"
+    assert TAIL_SENTENCE in msg.text
+    assert any(f"deeper than {MAX_MIME_DEPTH}" in reason for reason in msg.unchecked)
+
+
+def test_oversized_header_is_cut_before_parsing() -> None:
+    raw = b"From: a@x.example\nSubject:" + b"\n folded" * 200_000 + b"\n\n" + b"body text"
+    msg = parse_message(raw)
+    assert msg.text.strip() == "body text"
+    assert len(msg.subject) < MAX_HEADER_BYTES
+    assert any("header Subject" in reason for reason in msg.unchecked)
+
+
+def test_adjacent_encoded_words_are_all_decoded() -> None:
+    subject = " ".join(["=?utf-8?q?ab?="] * 15_000)
+    msg = parse_message(raw_mail(f"Subject: {subject}", "x"))
+    assert msg.subject == "ab" * 15_000
+
+
+def test_spent_time_budget_stops_reading_and_is_unchecked() -> None:
+    raw = bytes(build(text=TAIL_SENTENCE, html=f"<p>{TAIL_SENTENCE}</p>"))
+    msg = parse_message(raw, time_budget=-1.0)
+    assert msg.subject == "Test"
+    assert any("time budget" in reason for reason in msg.unchecked)
+    assert parse_message(raw).unchecked == ()
