@@ -14,6 +14,7 @@ import ctypes
 import email
 import email.feedparser
 import email.utils
+import heapq
 import html as html_lib
 import logging
 import os
@@ -28,6 +29,7 @@ from email.message import Message as MimePart
 from email.parser import BytesParser
 from email.policy import compat32
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import filetype
@@ -210,14 +212,12 @@ _WANTED_HEADERS = frozenset(
 
 _NEWLINES_RE = re.compile(r"\r\n?")
 _FIELD_START_RE = re.compile(rb"\n(?=[^ \t])")
-# Each alternative starts with a plain character class and is case-insensitive only after
-# it: the regex engine then skips ahead fast (a fully case-insensitive pattern took 5 s on
-# 50 MB).
-_MIME_NEST_RE = re.compile(
-    rb"^--([^\r\n]*?)[ \t]*\r?$"  # a delimiter line (group 1: boundary, maybe with "--")
-    rb"|([bB](?i:oundary))\s*=\s*(?:\"([^\"\r\n]*)\"|([^\s;\"]+))"  # a boundary parameter
-    rb"|[cC](?i:ontent-type)\s*:\s*((?i:m)(?i:essage))/",  # an attached message: one more level
-    re.M,
+# Both start with literals, which the regex engine finds fast; the second runs over the
+# lower-cased bytes (same offsets). A case-insensitive pattern took 5 s on 50 MB.
+_MIME_DELIMITER_RE = re.compile(rb"\n--([^\r\n]*?)[ \t]*\r?$", re.M)
+_MIME_OPENER_RE = re.compile(
+    rb"(boundary)\s*=\s*(?:\"([^\"\r\n]*)\"|([^\s;\"]+))"  # a boundary parameter
+    rb"|content-type\s*:\s*(message)/"  # an attached message: one more level
 )
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _ANGLE_ADDR_RE = re.compile(r"<([^<>]*)>")
@@ -845,9 +845,14 @@ def _limit_mime_depth(data: bytes, defects: _Defects) -> bytes:
     stack: list[bytes | None] = []  # open boundaries; None for an attached message
     open_count: dict[bytes, int] = {}
     renamed: list[int] = []
-    for match in _MIME_NEST_RE.finditer(data):
-        line = match.group(1)
-        if line is not None:
+    events = heapq.merge(
+        ((m.start(), m) for m in _MIME_DELIMITER_RE.finditer(data)),
+        ((m.start(), m) for m in _MIME_OPENER_RE.finditer(data.lower())),
+        key=itemgetter(0),
+    )
+    for _, match in events:
+        if match.re is _MIME_DELIMITER_RE:
+            line = match.group(1)
             if line.endswith(b"--") and open_count.get(line[:-2]):
                 name, closing = line[:-2], True
             elif open_count.get(line):
@@ -865,10 +870,11 @@ def _limit_mime_depth(data: bytes, defects: _Defects) -> bytes:
                 open_count[name] = open_count.get(name, 0) + 1
             continue
         if len(stack) >= MAX_MIME_DEPTH:
-            renamed.append(match.start(2) if match.group(2) else match.start(5))
+            renamed.append(match.start(1) if match.group(1) else match.start(4))
             continue
-        if match.group(2):
-            boundary = match.group(3) if match.group(3) is not None else match.group(4)
+        if match.group(1):
+            value = 2 if match.group(2) is not None else 3
+            boundary = data[match.start(value) : match.end(value)]  # as written, not lowered
             stack.append(boundary)
             open_count[boundary] = open_count.get(boundary, 0) + 1
         else:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 MAX_ID_CHARS = 250
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-"
 _ID = re.compile(rf"<[{_ATEXT}]+@(?:[{_ATEXT}]+|\[[!-Z^-~]*\])>")
+_PLAIN_LIST = re.compile(rf"[ \t]*{_ID.pattern}(?:[ \t]+{_ID.pattern})*[ \t]*")
 _TOKENS = re.compile(r"<[^<>]*>")
 _ITEM_SPLIT = re.compile(r"[ \t,]+")
 _COMMENT = re.compile(r"\([^()]*\)")
@@ -52,6 +53,9 @@ def parse_list(header: str | Iterable[str] | None) -> list[str]:
     if header is None:
         return []
     text = header if isinstance(header, str) else " ".join(header)
+    if _PLAIN_LIST.fullmatch(text):  # the usual case: ids and spaces only
+        plain = [t for t in _ID.findall(text) if len(t) <= MAX_ID_CHARS and "=?" not in t]
+        return list(dict.fromkeys(plain))
     text = _FOLD.sub(" ", text)
     if any(ch in text for ch in "\r\n\x00"):
         return []  # a line break that is not folding: a broken or injected header
@@ -75,6 +79,9 @@ def parse_one(header: str | None) -> str | None:
     (comments aside), else None."""
     if not header:
         return None
+    token = header.strip(" \t")
+    if _ID.fullmatch(token):  # the usual case
+        return valid(token)
     ids = parse_list(header)
     if len(ids) != 1:
         return None

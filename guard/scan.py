@@ -599,13 +599,7 @@ class _Scanner:
                     touched.add(existing.thread_id)
                     continue
                 fresh.append((fetched, msg, verdict, notes, content_hash(fetched.raw)))
-            # a Message-ID first used by another sender is a forgery: flagged, and the
-            # message is kept out of that sender's thread (assign_batch)
-            reused = threads.reused_message_ids(session, account, [m for _f, m, *_ in fresh])
-            for i, (mid, first) in reused.items():
-                f, m, v, n, h = fresh[i]
-                v = threads.with_finding(self.rules, v, threads.reused_id_finding(mid, first))
-                fresh[i] = (f, m, v, n, h)
+            reused: dict[int, tuple[str, str]] = {}
             thread_ids = threads.assign_batch(
                 session,
                 account,
@@ -613,7 +607,14 @@ class _Scanner:
                 owners=[drafts.own_address(self.s.server.username)],
                 owner_sent=direction == "out",
                 trusted=lambda m: is_trusted_platform_sender(self.rules.structural, m),
+                reused=reused,
             )
+            # a Message-ID first used by another sender is a forgery: a phishing finding
+            # (assign_batch kept the message out of that sender's thread)
+            for i, (mid, first) in reused.items():
+                f, m, v, n, h = fresh[i]
+                v = threads.with_finding(self.rules, v, threads.reused_id_finding(mid, first))
+                fresh[i] = (f, m, v, n, h)
             added: list[tuple[st.StoredMessage, Verdict]] = []
             for (fetched, msg, verdict, notes, digest), thread_id in zip(
                 fresh, thread_ids, strict=True

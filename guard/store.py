@@ -126,7 +126,10 @@ def as_utc_naive(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # 9999-12-31 in a zone west of UTC: past datetime.max
+            value = datetime.max if value.year > 1 else datetime.min
     return value
 
 

@@ -176,6 +176,7 @@ def assign_batch(
     owners: Collection[str] = (),
     owner_sent: bool = False,
     trusted: Trusted | None = None,
+    reused: dict[int, tuple[str, str]] | None = None,
 ) -> list[str]:
     """Thread ids for a batch of new messages (message, content hash, Gmail thread id),
     with one look-up of the known ids for the whole batch. Messages of the batch that
@@ -184,27 +185,42 @@ def assign_batch(
     A message joins a thread its ids point at only when its sender is a participant of
     that thread, one of ``owners`` (the mailbox's own addresses), ``trusted(msg)`` says it
     is the platform, or ``owner_sent`` (the batch comes from the Sent folder). Otherwise it
-    starts its own thread, and the ids it cites keep pointing where they did."""
+    starts its own thread, and the ids it cites keep pointing where they did.
+
+    ``reused``, when given, is filled like ``reused_message_ids`` would fill it (at no
+    extra query unless a message's own id is already known)."""
     owner_set = {o.lower() for o in owners if o}
     keys = [keys_for(msg) for msg, _h, _g in items]
+    senders = [sender_of(msg) for msg, _h, _g in items]
+    insiders = [
+        owner_sent
+        or (bool(sender) and sender in owner_set)
+        or (trusted is not None and trusted(msg))
+        for (msg, _h, _g), sender in zip(items, senders, strict=True)
+    ]
     wanted: set[str] = set()
     for k in keys:
         wanted.update("id:" + x for x in (*k.own, *k.refs))
         if k.subject:
             wanted.add(k.subject)
     local = store.ref_map(session, account, sorted(wanted))  # ref -> thread id
-    joinable = {local[r] for r in wanted if r in local and r.startswith("id:")}
-    joinable.update(f"gm:{g}" for _m, _h, g in items if g is not None)
+    # who may join: the participants of every thread a message from outside cites
+    joinable: set[str] = set()
+    for (_m, _h, gm_thrid), k, insider in zip(items, keys, insiders, strict=True):
+        if not insider:
+            joinable.update(local[r] for r in ("id:" + x for x in (*k.own, *k.refs)) if r in local)
+            if gm_thrid is not None:
+                joinable.add(f"gm:{gm_thrid}")
     people = thread_participants(session, account, sorted(joinable))
+    if reused is not None:
+        # only an id already recorded as a ref can belong to a recorded message
+        recorded = [f"<{k.own[0]}>" for k in keys if k.own and "id:" + k.own[0] in local]
+        reused.update(_reused(session, account, [m for m, _h, _g in items], recorded))
     changed: dict[str, str] = {}
     result: list[str] = []
-    for (msg, content_hash, gm_thrid), k in zip(items, keys, strict=True):
-        sender = sender_of(msg)
-        insider = (
-            owner_sent
-            or (bool(sender) and sender in owner_set)
-            or (trusted is not None and trusted(msg))
-        )
+    for (msg, content_hash, gm_thrid), k, sender, insider in zip(
+        items, keys, senders, insiders, strict=True
+    ):
 
         def welcome(thread_id: str, sender: str = sender, insider: bool = insider) -> bool:
             known = people.get(thread_id)
@@ -257,8 +273,15 @@ def reused_message_ids(
     """The messages (by index) whose Message-ID was already used by a message from
     another sender, recorded or earlier in ``messages``: index -> (id, first sender)."""
     owns = [msgid.parse_one(m.message_id) for m in messages]
-    wanted = sorted({o for o in owns if o})
+    return _reused(session, account, messages, sorted({o for o in owns if o}))
+
+
+def _reused(
+    session: Session, account: str, messages: Sequence[Message], recorded: Sequence[str]
+) -> dict[int, tuple[str, str]]:
+    """``reused_message_ids``, looking up only the ``recorded`` ids in the store."""
     first: dict[str, str] = {}
+    wanted = sorted(set(recorded))
     for start in range(0, len(wanted), 500):
         stmt = (
             select(store.StoredMessage.message_id, store.StoredMessage.sender)
@@ -272,7 +295,8 @@ def reused_message_ids(
             if message_id is not None:
                 first.setdefault(message_id, (sender or "").lower())
     out: dict[int, tuple[str, str]] = {}
-    for i, (msg, own) in enumerate(zip(messages, owns, strict=True)):
+    for i, msg in enumerate(messages):
+        own = msgid.parse_one(msg.message_id)
         if own is None:
             continue
         sender = sender_of(msg)

@@ -790,6 +790,21 @@ def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Fi
     return out
 
 
+def category_sums(findings: Sequence[Finding]) -> dict[str, float]:
+    """The hand-set scores of ``findings`` summed per category (see :func:`_verdict`)."""
+    counted = [] if all(f.supporting for f in findings) else findings
+    per_category: dict[str, float] = {}
+    dampened_max: dict[str, float] = {}
+    for f in counted:
+        if f.dampened:
+            dampened_max[f.category] = max(dampened_max.get(f.category, 0.0), f.score)
+        else:
+            per_category[f.category] = per_category.get(f.category, 0.0) + f.score
+    for category, score in dampened_max.items():
+        per_category[category] = per_category.get(category, 0.0) + score
+    return per_category
+
+
 def _verdict(
     rules: RuleSet, findings: list[Finding], notes: list[str], unchecked: Sequence[str] = ()
 ) -> Verdict:
@@ -802,16 +817,7 @@ def _verdict(
     quoting five warning examples is not five times as risky), and "supporting" findings
     count only next to a finding that is not.
     """
-    counted = [] if all(f.supporting for f in findings) else findings
-    per_category: dict[str, float] = {}
-    dampened_max: dict[str, float] = {}
-    for f in counted:
-        if f.dampened:
-            dampened_max[f.category] = max(dampened_max.get(f.category, 0.0), f.score)
-        else:
-            per_category[f.category] = per_category.get(f.category, 0.0) + f.score
-    for category, score in dampened_max.items():
-        per_category[category] = per_category.get(category, 0.0) + score
+    per_category = category_sums(findings)
     counting = [c for c in CATEGORIES if per_category.get(c, 0.0) >= rules.levels["low"]]
     total = round(sum(per_category[c] for c in counting), 2)
     risk = "none"

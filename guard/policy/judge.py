@@ -125,7 +125,7 @@ def _judge(rules: engine.RuleSet, msg: Message, cs: cn.ConceptSet) -> _Judged:
     plain, html = segments(msg)
     new_msg = replace(msg, text=plain.new, html_text=html.new)
     new_verdict = engine.evaluate(rules, new_msg)
-    view = FeatureView()
+    view = FeatureView(hand_scores=engine.category_sums(new_verdict.findings))
     for f in new_verdict.findings:
         if f.rule != UNCHECKED_RULE and f.category in CATEGORIES:
             view.rules.setdefault(f.rule, f.category)
@@ -141,9 +141,7 @@ def _judge(rules: engine.RuleSet, msg: Message, cs: cn.ConceptSet) -> _Judged:
             rules,
             Message(text=text, from_=msg.from_, list_id=msg.list_id, precedence=msg.precedence),
         )
-        into.update(
-            f.category for f in side.findings if f.category in CATEGORIES and f.score > 0
-        )
+        into.update(f.category for f in side.findings if f.category in CATEGORIES and f.score > 0)
     if msg.is_bulk:
         view.context.add("ctx:bulk")
     if is_reply(msg):
@@ -186,13 +184,22 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
     findings: list[Finding] = []
     per_category: dict[str, float] = {}
     for category in CATEGORIES:
-        table = weights.features.get(category, {})
+        if category not in weights.features:
+            # Not learned (phishing): the rule engine's own scores and logic decide.
+            per_category[category] = view.hand_scores.get(category, 0.0)
+            if per_category[category] >= rules.levels["low"]:
+                findings.extend(
+                    f for f in judged.new_verdict.findings if f.category == category
+                )
+            continue
+        table = weights.features[category]
+        values = view.values(category, rules.bulk_factor)
         total = 0.0
         shown: list[Finding] = []
         for f in judged.new_verdict.findings:
             if f.category != category or f.rule == UNCHECKED_RULE:
                 continue
-            score = rules_score(rules, weights, f)
+            score = rules_score(rules, weights, f) * values.get(f"rule:{f.rule}", 1.0)
             if score <= 0:
                 continue
             total += score
@@ -200,10 +207,10 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
         best: tuple[float, str] | None = None
         concept_sum = 0.0
         parts: list[str] = []
-        for name in view.names(category):
+        for name, value in values.items():
             if name.startswith("rule:"):
                 continue
-            score = table.get(name, 0.0)
+            score = table.get(name, 0.0) * value
             if not score:
                 continue
             total += score
@@ -251,7 +258,8 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
 
 
 def rules_score(rules: engine.RuleSet, weights: Weights, finding: Finding) -> float:
-    """A rule's learned score, unless the user's own rules file set one."""
-    if finding.rule in rules.user_scores:
-        return finding.score
-    return weights.rules.get(finding.rule, finding.score)
+    """A rule's learned score, unless the user's own rules file set one (undamped: bulk
+    mail is scaled by the caller)."""
+    if finding.rule in rules.user_scores or finding.rule not in weights.rules:
+        return finding.score / rules.bulk_factor if finding.dampened else finding.score
+    return weights.rules[finding.rule]

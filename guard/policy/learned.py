@@ -93,14 +93,18 @@ class FeatureView:
     signature_categories: set[str] = field(default_factory=set)
     concepts: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     context: set[str] = field(default_factory=set)
+    hand_scores: dict[str, float] = field(default_factory=dict)  # the rule engine's own sums
 
-    def names(self, category: str) -> list[str]:
-        """Every feature name that holds for ``category`` (the training matrix's columns)."""
-        out = [f"rule:{r}" for r, c in self.rules.items() if c == category]
-        out.extend(f"concept:{n}" for n in self.concepts)
-        out.extend(sorted(self.context))
+    def values(self, category: str, bulk_factor: float) -> dict[str, float]:
+        """Every feature that holds for ``category`` with its value (the training matrix's
+        row). Text evidence in bulk mail (newsletters, lists) counts at ``bulk_factor``:
+        a digest that quotes warning examples is not the request it quotes."""
+        text = bulk_factor if "ctx:bulk" in self.context else 1.0
+        out = {f"rule:{r}": text for r, c in self.rules.items() if c == category}
+        out.update((f"concept:{n}", text) for n in self.concepts)
+        out.update((n, 1.0) for n in sorted(self.context))
         if category in self.quoted_categories:
-            out.append("ctx:quoted_finding")
+            out["ctx:quoted_finding"] = 1.0
         if category in self.signature_categories:
-            out.append("ctx:signature_finding")
+            out["ctx:signature_finding"] = 1.0
         return out

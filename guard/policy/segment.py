@@ -40,7 +40,9 @@ _SEPARATOR = re.compile(
 )
 _UNDERSCORE_RULE = re.compile(r"^\s*_{10,}\s*$")
 # A header block: "From: …" followed closely by "Sent:"/"Date:"/"To:"/"Subject:".
-_HEADER_FROM = re.compile(r"^\s*\*?(?:from|de|von|da|van|от|od|kimden|dari|发件人)\s*\*?\s*[:：]\s*\S", re.I)
+_HEADER_FROM = re.compile(
+    r"^\s*\*?(?:from|de|von|da|van|от|od|kimden|dari|发件人)\s*\*?\s*[:：]\s*\S", re.I
+)
 _HEADER_NEXT = re.compile(
     r"^\s*\*?(?:sent|date|to|subject|cc|enviado|fecha|para|asunto|envoyé|date|à|objet|"
     r"gesendet|datum|an|betreff|inviato|data|a|oggetto|verzonden|aan|onderwerp|"
@@ -51,7 +53,8 @@ _HEADER_NEXT = re.compile(
 _SIG_DELIMITER = re.compile(r"^--\s?$")
 _SENT_FROM = re.compile(
     r"^\s*(?:sent from my|get outlook for|enviado desde mi|enviado do meu|envoyé de mon|"
-    r"von meinem .{1,30} gesendet|inviato da|отправлено с)", re.I
+    r"von meinem .{1,30} gesendet|inviato da|отправлено с)",
+    re.I,
 )
 # A closing line on its own: what follows it (a few short lines) is the signature.
 _CLOSING = re.compile(
@@ -100,9 +103,12 @@ def _history_starts(lines: list[str], i: int) -> bool:
     # An attribution wrapped over two lines ("On Mon, … Rosa" / "<rosa@x> wrote:").
     if i + 1 < len(lines) and len(lines[i + 1]) <= _MAX_MARK_LINE:
         nxt = lines[i + 1].strip()
-        if nxt[-1:] in (":", "：") and _ATTRIBUTION.match(f"{stripped} {nxt}"):
-            if nxt[:1] == "<" or not _ATTRIBUTION.match(nxt):
-                return True
+        if (
+            nxt[-1:] in (":", "：")
+            and _ATTRIBUTION.match(f"{stripped} {nxt}")
+            and (nxt[:1] == "<" or not _ATTRIBUTION.match(nxt))
+        ):
+            return True
     if ":" in stripped[:16] and _HEADER_FROM.match(line):
         following = [ln for ln in lines[i + 1 : i + 5] if ln.strip()]
         if sum(1 for ln in following if _HEADER_NEXT.match(ln)) >= 2:

@@ -50,9 +50,10 @@ def _poison(name: str, headers: bytes, body: bytes = b"Hello " + MARKER.encode()
 
 
 def _wide_id(seed: int, chars: int = 880) -> bytes:
-    """A Message-ID of ``chars`` varied CJK characters (3 bytes each, incompressible)."""
+    """A Message-ID of ``chars`` varied CJK characters (4 bytes each, hardly compressible):
+    within the column's 998 characters, but too big for a PostgreSQL index entry."""
     rng = random.Random(seed)
-    local = "".join(chr(rng.randrange(0x4E00, 0x9FA5)) for _ in range(chars))
+    local = "".join(chr(rng.randrange(0x20000, 0x2A6DF)) for _ in range(chars))
     return ("<" + local + "@test.example>").encode()
 
 
@@ -187,7 +188,7 @@ def test_a_poison_message_between_ordinary_ones_is_recorded_and_the_rest_judged(
             assert "\x00" not in value and "\x1b" not in value
             value.encode("utf-8")  # no lone surrogate
         assert max(len(name), len(sender), len(mid or "")) <= 998
-    # Every row that carries findings names them; the poison's own row is there.
+    # The poison's own row is there, once; a second scan finds nothing new.
     (count,) = rows(store_url, "select count(*) from message where uid = 4")[0]
     assert count == 1
     again = run_scan(config)
@@ -241,6 +242,53 @@ def test_message_the_store_refuses_is_recorded_as_unreadable_and_the_scan_goes_o
     assert MARKER not in caplog.text and "[parameters:" not in caplog.text
     flags = mailbox.flags()
     assert "$GuardOffPlatformPayment" in flags[2] and "$GuardOffPlatformPayment" in flags[4]
+    assert "$GuardUnchecked" in flags[3], flags[3]  # the refused message is marked unchecked
+
+
+# --------------------------------------------------------------------------- the store itself
+
+
+def test_every_string_value_is_made_storable_on_the_way_in(store_url: str) -> None:
+    """What the guard writes goes through one cleaning, whichever way it is written (a
+    row, a bulk insert of refs, a look-up): no NUL, control character or lone surrogate,
+    lengths fitted to the column, indexed values within a PostgreSQL index entry."""
+    nasty = "a\x00b\x1b[1m\udce9\x85c\x7f\td" + "\U00020000" * 1200
+    store = st.Store(store_url)
+    try:
+        with store.session() as session:
+            session.add(
+                st.StoredMessage(
+                    account="default",
+                    folder="INBOX",
+                    uidvalidity=1,
+                    uid=1,
+                    message_id=nasty,
+                    content_hash="0" * 64,
+                    thread_id="t:1",
+                    sender=nasty,
+                    sender_name=nasty,
+                    subject="line\r\none\x00\rtwo\tend\udc80",
+                    references=nasty,
+                )
+            )
+            # Two spellings that are one stored ref once cut to the column: one row.
+            st.set_refs(session, "default", {"id:" + nasty: "t:1", "id:" + nasty + "x": "t:1"})
+        with store.session() as session:
+            assert st.ref_map(session, "default", ["id:" + nasty, "id:other"]) == {
+                "id:" + nasty: "t:1"
+            }
+            assert st.threads_for_refs(session, "default", ["id:" + nasty + "y"]) == ["t:1"]
+    finally:
+        store.close()
+    (mid, sender, name, subject, refs) = rows(
+        store_url, 'select message_id, sender, sender_name, subject, "references" from message'
+    )[0]
+    assert subject == "line\none\ntwo\tend\ufffd"
+    assert name.startswith("ab[1m\ufffdc d\U00020000") and len(name) == 998
+    assert len(mid.encode()) <= st.INDEX_VALUE_BYTES and sender == name
+    assert refs.startswith("ab[1m\ufffdc\td") and len(refs) == len(nasty) - 4
+    (ref,) = rows(store_url, "select ref from thread_ref")[0]
+    assert len(ref.encode()) <= st.INDEX_VALUE_BYTES
 
 
 # --------------------------------------------------------------------------- any bytes at all
@@ -287,7 +335,8 @@ def _property_run(
 
     counter[0] += 1
     acct = dovecot.account(f"poison-prop-{counter[0]}-{os.getpid()}")
-    appended = acct.append_many([raw if raw.strip() else b"\r\n" + raw for raw in raws])
+    # Dovecot refuses a zero-byte APPEND ("Can't save a zero byte message"): a line break.
+    appended = acct.append_many([raw or b"\r\n" for raw in raws])
     config = load_config(write_config(tmp, acct, url))
     settings = ScanSettings.from_config(config, "default")
     settings = dataclasses.replace(settings, account=acct.user)

@@ -1581,3 +1581,6 @@ def test_poison_message_in_the_middle_of_a_batch(
     assert daemon.count("crashed") == 0 and daemon.count("scan failed") == 0, daemon.log
     uids = [int(u) for (u,) in _store_rows(url, "select uid from message where folder = 'INBOX'")]
     assert sorted(uids) == [s.uid for s in snap["INBOX"]]
+    # Stored as every database takes them: no NUL or escape, names fitted to the column.
+    for name, subject in _store_rows(url, "select sender_name, subject from message"):
+        assert not {"\x00", "\x1b", "\x7f"} & set(name + subject) and len(name) <= 998

@@ -186,16 +186,27 @@ UNCHECKED_SHAPES = {
     "fifty_mb_single_line",
 }
 
-_CHILD = textwrap.dedent(
+# Two children per shape: one builds the message into a file (building it makes
+# temporary copies, which must not count), the other reads it back (one copy), then parses
+# and judges it, and reports its own peak RSS before and after.
+_BUILD = textwrap.dedent(
     """
-    import base64, json, resource, sys, time
+    import base64, sys
     sys.path[:0] = {paths!r}
     from test_hostile_input import HEAD, RISKY, _nested_multipart
+    with open({path!r}, "wb") as out:
+        out.write({source})
+    """
+)
+_MEASURE = textwrap.dedent(
+    """
+    import json, resource, sys, time
     from guard.message import parse_message
     from guard.policy import evaluate, load_rules
     rules = load_rules()
-    evaluate(rules, parse_message(HEAD + b"\\r\\n" + RISKY))  # warm: compiled automata
-    raw = {source}
+    evaluate(rules, parse_message(b"Subject: warm\\r\\n\\r\\nhello"))  # compiled automata
+    with open({path!r}, "rb") as source:
+        raw = source.read()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     msg = parse_message(raw)
@@ -212,16 +223,21 @@ _CHILD = textwrap.dedent(
 )
 
 
-def run_shape(name: str) -> dict[str, object]:
-    """Parse and judge one shape in a fresh child; its own peak RSS and time."""
-    here = Path(__file__).resolve().parent
-    paths = [str(here), str(here.parent)]
-    code = _CHILD.format(paths=paths, source=SHAPES[name][0])
+def _child(code: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout
+
+
+def run_shape(name: str, tmp_path: Path) -> dict[str, object]:
+    """Parse and judge one shape in a fresh child; its own peak RSS and time."""
+    here = Path(__file__).resolve().parent
+    path = str(tmp_path / f"{name}.eml")
+    _child(_BUILD.format(paths=[str(here), str(here.parent)], path=path, source=SHAPES[name][0]))
+    out = _child(_MEASURE.format(path=path))
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
@@ -233,8 +249,8 @@ RSS_ALLOWANCE_MB = 150
 
 
 @pytest.mark.parametrize("name", sorted(set(SHAPES) - {"fifty_mb_single_line"}))
-def test_extreme_shapes_are_judged_bounded_and_marked(name: str) -> None:
-    result = run_shape(name)
+def test_extreme_shapes_are_judged_bounded_and_marked(name: str, tmp_path: Path) -> None:
+    result = run_shape(name, tmp_path)
     size_mb = int(result["size"]) / (1 << 20)  # type: ignore[call-overload]
     grown_mb = (int(result["rss_peak_kb"]) - int(result["rss_before_kb"])) / 1024  # type: ignore[call-overload]
     print(
@@ -284,10 +300,10 @@ def test_two_hundred_levels_of_nesting() -> None:
     judge(raw)
 
 
-def test_a_fifty_megabyte_single_line_is_capped_and_noted() -> None:
+def test_a_fifty_megabyte_single_line_is_capped_and_noted(tmp_path: Path) -> None:
     """The cut is recorded and the end of the line still read; memory in the child only
     (the old version read the whole pytest process's peak, reached by earlier tests)."""
-    result = run_shape("fifty_mb_single_line")
+    result = run_shape("fifty_mb_single_line", tmp_path)
     assert result["risk"] == "high"
     assert any("truncated" in note for note in result["msg_unchecked"])  # type: ignore[attr-defined]
     size_mb = int(result["size"]) / (1 << 20)  # type: ignore[call-overload]

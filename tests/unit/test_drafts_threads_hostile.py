@@ -341,6 +341,11 @@ def test_a_reused_message_id_from_another_sender_is_found(store: st.Store) -> No
         1: ("<c-1@client.example>", "ana@client.example"),
         3: ("<c-9@client.example>", "bo@client.example"),
     }
+    with store.session() as s:  # what the scanner uses: the same answer from assign_batch
+        reused: dict[int, tuple[str, str]] = {}
+        items = [(m, f"{i:064x}", None) for i, m in enumerate([again, forged, fresh, twice])]
+        threads.assign_batch(s, "a", items, reused=reused)
+    assert reused == found
     finding = threads.reused_id_finding(*found[1])
     assert finding.rule == "thread.reused-message-id" and finding.category == "phishing"
     assert "ana@client.example" in finding.evidence

@@ -82,11 +82,23 @@ def test_training_is_reproducible(tmp_path):
     corpus.mkdir(parents=True)
     rows = ["file,categories,notes"]
     texts = [
-        ("pay.eml", "off_platform_payment", "I can pay you via PayPal directly, outside Upwork, to avoid the fee."),
-        ("pay2.eml", "off_platform_payment", "Let's skip the platform fee: bank transfer directly to you."),
+        (
+            "pay.eml",
+            "off_platform_payment",
+            "I can pay you via PayPal directly, outside Upwork, to avoid the fee.",
+        ),
+        (
+            "pay2.eml",
+            "off_platform_payment",
+            "Let's skip the platform fee: bank transfer directly to you.",
+        ),
         ("ham.eml", "", "The milestone is funded on Upwork; please start on the homepage."),
         ("ham2.eml", "", "Thanks for the draft, two small changes to the footer please."),
-        ("chat.eml", "off_platform_contact", "Add me on WhatsApp +1 555 0100 so we can talk there."),
+        (
+            "chat.eml",
+            "off_platform_contact",
+            "Add me on WhatsApp +1 555 0100 so we can talk there.",
+        ),
     ]
     for name, cats, text in texts:
         (corpus / name).write_text(
@@ -99,11 +111,76 @@ def test_training_is_reproducible(tmp_path):
     for n in (1, 2):
         out = tmp_path / f"w{n}.toml"
         subprocess.run(
-            [sys.executable, str(ROOT / "training" / "train.py"), "--corpus-root",
-             str(tmp_path / "corpus"), "--out", str(out), "--no-cv", "--jobs", "1"],
-            check=True, capture_output=True, cwd=ROOT,
+            [
+                sys.executable,
+                str(ROOT / "training" / "train.py"),
+                "--corpus-root",
+                str(tmp_path / "corpus"),
+                "--out",
+                str(out),
+                "--no-cv",
+                "--jobs",
+                "1",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
         )
         outs.append(out.read_text(encoding="utf-8"))
     assert outs[0] == outs[1]
     weights = load_weights(outs[0])
     assert weights.features["off_platform_payment"]
+
+
+def _mail(text: str, subject: str = "project") -> Message:
+    return Message(from_=CLIENT, subject=subject, text=text)
+
+
+# Clear requests, one per category and several languages: the whole verdict must flag them.
+CLEAR_RISKY = [
+    (
+        "off_platform_payment",
+        "I'd rather pay you directly by bank transfer, outside Upwork, so we skip the fees.",
+    ),
+    (
+        "off_platform_payment",
+        "Te pago por PayPal fuera de la plataforma, así nos ahorramos la comisión.",
+    ),
+    ("off_platform_contact", "Add me on WhatsApp +1 415 555 0134 and we continue the chat there."),
+    ("off_platform_contact", "Напишите мне в телеграм, там удобнее обсуждать проект."),
+    (
+        "contact_request",
+        "Before I send the offer, what is your personal phone number and home address?",
+    ),
+    (
+        "personal_data",
+        "Please send us a scan of your passport and your social security number today.",
+    ),
+    (
+        "scam",
+        "We will mail you a check for $3,000: deposit it and send the rest to our equipment vendor.",
+    ),
+    (
+        "dispute",
+        "I am cancelling the contract and I demand a full refund, or I leave you a 1-star review.",
+    ),
+]
+CLEAR_HAM = [
+    "The milestone is funded on Upwork. Please start with the homepage and send a draft by Friday.",
+    "Thanks for the invoice, payment was released through the platform this morning.",
+    "Could you change the footer colour and the font size of the headings? Otherwise it looks great.",
+    "Nos vemos en la llamada del jueves por Upwork para revisar el diseño.",
+]
+
+
+@pytest.mark.parametrize(("category", "text"), CLEAR_RISKY)
+def test_clear_requests_are_flagged_in_their_category(rules, category, text):
+    verdict = evaluate(rules, _mail(text))
+    assert category in verdict.categories, [(f.rule, f.category, f.score) for f in verdict.findings]
+    assert verdict.risk != "none"
+
+
+@pytest.mark.parametrize("text", CLEAR_HAM)
+def test_ordinary_project_mail_is_quiet(rules, text):
+    verdict = evaluate(rules, _mail(text))
+    assert verdict.risk == "none", [(f.rule, f.category, f.score) for f in verdict.findings]

@@ -1,4 +1,9 @@
-"""One firing message and one near miss for every text rule in rules.toml."""
+"""One firing message and one near miss for every text rule in rules.toml.
+
+These test the rule layer (``engine.evaluate``): whether a rule fires and what its hand-set
+score makes of the message alone. How the rules combine with concepts and learned scores
+into the final verdict is tested in test_learned.py.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from hypothesis import strategies as st
 from guard.message import Address, Attachment, AuthResults, Message
 from guard.policy import evaluate, load_rules
 from guard.policy.engine import _distance, _nearest, _within
+from guard.policy.engine import evaluate as evaluate_rules
 
 CLIENT = Address("Dana Whitfield", "dana@whitfield-studio.example")
 UPWORK = Address("Upwork", "donotreply@upwork.com")
@@ -490,7 +496,7 @@ def _ids(cases):
 
 @pytest.mark.parametrize(("rule_id", "msg", "evidence"), POSITIVE, ids=_ids(POSITIVE))
 def test_rule_fires(rules, rule_id, msg, evidence):
-    verdict = evaluate(rules, msg)
+    verdict = evaluate_rules(rules, msg)
     by_rule = {f.rule: f for f in verdict.findings}
     assert rule_id in by_rule, [f.rule for f in verdict.findings]
     finding = by_rule[rule_id]
@@ -502,7 +508,7 @@ def test_rule_fires(rules, rule_id, msg, evidence):
 
 @pytest.mark.parametrize(("rule_id", "msg"), NEGATIVE, ids=_ids(NEGATIVE))
 def test_near_miss_does_not_fire(rules, rule_id, msg):
-    verdict = evaluate(rules, msg)
+    verdict = evaluate_rules(rules, msg)
     assert rule_id not in {f.rule for f in verdict.findings}
 
 

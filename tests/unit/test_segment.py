@@ -55,7 +55,10 @@ def test_attributions_in_other_languages(attribution):
 
 
 def test_attribution_wrapped_over_two_lines():
-    body = "Sounds good.\n\nOn Mon, 3 Feb 2025 at 10:02, Rosa Benedetti\n<rosa@foto.example> wrote:\n\n> call me on WhatsApp\n"
+    body = (
+        "Sounds good.\n\nOn Mon, 3 Feb 2025 at 10:02, Rosa Benedetti\n"
+        "<rosa@foto.example> wrote:\n\n> call me on WhatsApp\n"
+    )
     parts = split(body)
     assert parts.new == "Sounds good."
     assert "WhatsApp" in parts.quoted
@@ -76,7 +79,10 @@ def test_outlook_header_block_without_quote_marks_is_history():
 
 
 def test_forwarded_message_is_history():
-    body = "FYI, looks like a scam.\n\n---------- Forwarded message ---------\nFrom: x\nBuy the laptop from our vendor.\n"
+    body = (
+        "FYI, looks like a scam.\n\n---------- Forwarded message ---------\n"
+        "From: x\nBuy the laptop from our vendor.\n"
+    )
     parts = split(body)
     assert "vendor" in parts.quoted and "vendor" not in parts.new
 
@@ -89,7 +95,10 @@ def test_inline_reply_keeps_the_authors_answers_as_new_text():
 
 
 def test_sig_delimiter_and_company_signature():
-    body = "See the revised flows attached.\n\n-- \nNatalia Ruiz | Marketing\nWhatsApp Business line: +44 7700 900000\n"
+    body = (
+        "See the revised flows attached.\n\n-- \nNatalia Ruiz | Marketing\n"
+        "WhatsApp Business line: +44 7700 900000\n"
+    )
     parts = split(body)
     assert "WhatsApp" in parts.signature
     assert "WhatsApp" not in parts.new

@@ -1,0 +1,718 @@
+"""Concept lexicons (guard/policy/concepts.toml): per concept and language, a sentence that
+must yield the concept and a near miss that must not (another concept's words, or the same
+word used innocently). Sentences are written here; none is taken from a corpus."""
+
+from __future__ import annotations
+
+import pytest
+
+from guard.policy.concepts import find_concepts, load_builtin
+from guard.policy.normalize import normalise_info
+
+LANGS_REQUIRED = {"en", "es", "pt", "fr", "de", "ru"}
+
+# concept -> [(language, must fire, must not fire)]
+CASES: dict[str, list[tuple[str, str, str]]] = {
+    "pay_instrument": [
+        (
+            "en",
+            "I can pay you through the blue P app tonight.",
+            "The invoice is attached as a PDF.",
+        ),
+        ("en", "Send it to my p4yp4l please.", "We need a payment page for the shop."),
+        ("es", "Te pago por transferencia bancaria.", "Te pago cuando termines el diseño."),
+        ("pt", "Pode ser via Pix ou transferência bancária?", "Pode ser na sexta-feira?"),
+        ("fr", "Je vous fais un virement demain.", "Je vous écris demain matin."),
+        ("de", "Ich schicke es per Überweisung.", "Ich schicke es per Post."),
+        ("it", "Ti faccio un bonifico domani.", "Ti scrivo domani."),
+        ("ru", "Переведу на карту сегодня.", "Посмотрю картинку сегодня."),
+        ("uk", "Скину на картку сьогодні.", "Надішлю макет сьогодні."),
+        ("pl", "Zrobię przelew jutro.", "Zrobię poprawki jutro."),
+        ("tr", "IBAN numaranı gönder, havale yapayım.", "Tasarımı yarın gönder."),
+        ("id", "Saya kirim ke rekening bank kamu.", "Saya kirim desainnya besok."),
+        ("hi", "UPI se bhej dunga.", "Kal design bhej dunga."),
+        ("ar", "سأرسل المبلغ عبر تحويل بنكي", "سأرسل التصميم غدا"),
+        ("zh", "我用支付宝付给你", "我明天发设计给你"),
+    ],
+    "pay_action": [
+        ("en", "I will pay you the rest on Friday.", "I will review the rest on Friday."),
+        ("es", "Te pago el resto mañana.", "Te mando el diseño mañana."),
+        ("pt", "Vou te pagar amanhã.", "Vou te mostrar amanhã."),
+        ("fr", "Je vous paierai la semaine prochaine.", "Je vous appellerai la semaine prochaine."),
+        ("de", "Ich zahle Ihnen morgen den Rest.", "Ich zeige Ihnen morgen den Rest."),
+        ("it", "Ti pagherò domani.", "Ti scriverò domani."),
+        ("ru", "Оплачу завтра утром.", "Посмотрю завтра утром."),
+        ("uk", "Переказую гроші завтра.", "Дивлюся макет завтра."),
+        ("pl", "Zapłacę jutro.", "Sprawdzę jutro."),
+        ("tr", "Yarın öderim.", "Yarın bakarım."),
+        ("id", "Saya akan bayar besok.", "Saya akan cek besok."),
+        ("ar", "سأدفع لك غدا", "سأراجع العمل غدا"),
+        ("zh", "我明天付款", "我明天看看"),
+    ],
+    "outside": [
+        ("en", "Let's handle the payment off the platform.", "Let's handle the payment next week."),
+        ("en", "We can do this between us, no middleman.", "We can do this next sprint."),
+        ("es", "Mejor lo hacemos por fuera de la plataforma.", "Mejor lo hacemos el lunes."),
+        ("pt", "Podemos fazer por fora?", "Podemos fazer na segunda?"),
+        ("fr", "On peut régler en dehors de la plateforme.", "On peut régler ça lundi."),
+        (
+            "de",
+            "Wir können das außerhalb der Plattform machen.",
+            "Wir können das am Montag machen.",
+        ),
+        ("it", "Possiamo farlo fuori dalla piattaforma.", "Possiamo farlo lunedì."),
+        ("ru", "Давайте напрямую, без биржи.", "Давайте обсудим в понедельник."),
+        ("uk", "Можемо напряму, без біржі.", "Можемо в понеділок."),
+        ("pl", "Możemy rozliczyć się bezpośrednio.", "Możemy rozliczyć się w poniedziałek."),
+        ("tr", "Platform dışında çalışalım.", "Pazartesi çalışalım."),
+        ("id", "Kita transaksi di luar platform saja.", "Kita transaksi minggu depan saja."),
+        ("hi", "Platform ke bahar kaam karte hain.", "Kal kaam karte hain."),
+        ("ar", "لنتعامل خارج المنصة", "لنتعامل الأسبوع القادم"),
+        ("zh", "我们私下交易吧", "我们下周交易吧"),
+    ],
+    "fee": [
+        ("en", "They take a 20% commission.", "They take a short break."),
+        ("es", "La comisión es muy alta.", "La reunión es muy larga."),
+        ("pt", "A taxa da plataforma é alta.", "A reunião foi longa."),
+        ("fr", "Les frais sont trop élevés.", "Les délais sont courts."),
+        ("de", "Die Gebühren sind zu hoch.", "Die Seiten sind zu lang."),
+        ("it", "La commissione è troppo alta.", "La riunione è troppo lunga."),
+        ("ru", "Комиссия биржи слишком большая.", "Макет слишком большой."),
+        ("uk", "Комісія занадто велика.", "Макет занадто великий."),
+        ("pl", "Prowizja jest za wysoka.", "Strona jest za wolna."),
+        ("tr", "Komisyon çok yüksek.", "Sayfa çok yavaş."),
+        ("id", "Biaya layanan terlalu mahal.", "Halaman terlalu lambat."),
+        ("ar", "العمولة عالية جدا", "الصفحة بطيئة جدا"),
+        ("zh", "平台手续费太高了", "页面太慢了"),
+    ],
+    "avoid": [
+        ("en", "This way we avoid their cut.", "This way we keep the layout clean."),
+        ("es", "Así nos ahorramos la comisión.", "Así queda más claro."),
+        ("pt", "Assim a gente economiza a taxa.", "Assim fica mais claro."),
+        ("fr", "Comme ça on évite les frais.", "Comme ça c'est plus clair."),
+        ("de", "So sparen wir die Gebühren.", "So ist es übersichtlicher."),
+        ("it", "Così risparmiamo la commissione.", "Così è più chiaro."),
+        ("ru", "Так мы сэкономим на комиссии.", "Так будет понятнее."),
+        ("uk", "Так ми заощадимо, щоб не платити комісію.", "Так буде зрозуміліше."),
+        ("pl", "Tak zaoszczędzimy na prowizji.", "Tak będzie czytelniej."),
+        ("tr", "Böylece komisyondan kurtuluruz.", "Böylece daha net olur."),
+        ("id", "Biar tidak kena potongan.", "Biar lebih rapi."),
+        ("hi", "Fees bach jayegi.", "Design accha lagega."),
+        ("ar", "لتجنب العمولة", "لتحسين التصميم"),
+        ("zh", "这样可以省掉手续费", "这样更清楚"),
+    ],
+    "platform": [
+        ("en", "Fiverr keeps blocking my messages.", "Send it here when you are ready."),
+        ("en", "We can talk more here on the site.", "Here is the updated logo."),
+        ("es", "La plataforma cobra mucho.", "Aquí está el logo."),
+        ("pt", "A plataforma cobra muito.", "Aqui está o logo."),
+        ("fr", "La plateforme prend trop.", "Voici le logo."),
+        ("de", "Die Plattform nimmt zu viel.", "Hier ist das Logo."),
+        ("it", "La piattaforma prende troppo.", "Ecco il logo."),
+        ("ru", "Биржа берёт слишком много.", "Вот логотип."),
+        ("uk", "Біржа бере забагато.", "Ось логотип."),
+        ("pl", "Platforma bierze za dużo.", "Oto logo."),
+        ("tr", "Platformda mesajlar yavaş.", "İşte logo."),
+        ("id", "Di platform pesannya lambat.", "Ini logonya."),
+        ("ar", "المنصة تأخذ الكثير", "هذا هو الشعار"),
+        ("zh", "平台收费太多", "这是标志"),
+    ],
+    "end_contract": [
+        (
+            "en",
+            "Please close the contract now and we continue.",
+            "Please close the modal on mobile.",
+        ),
+        ("en", "Let's end it here after this milestone.", "Let's end the sprint with a demo."),
+        ("es", "Cerramos el contrato y seguimos.", "Cerramos la ventana y seguimos."),
+        ("pt", "Vamos encerrar o contrato agora.", "Vamos encerrar a reunião agora."),
+        ("fr", "On clôture le contrat maintenant.", "On clôture la réunion maintenant."),
+        ("de", "Wir beenden den Vertrag jetzt.", "Wir beenden das Meeting jetzt."),
+        ("it", "Chiudiamo il contratto adesso.", "Chiudiamo la riunione adesso."),
+        ("ru", "Закройте заказ, дальше сами.", "Закройте вкладку, дальше сами."),
+        ("uk", "Закрийте замовлення, далі самі.", "Закрийте вкладку, далі самі."),
+        ("pl", "Zamknij kontrakt teraz.", "Zamknij okno teraz."),
+        ("tr", "Sözleşmeyi kapatalım.", "Pencereyi kapatalım."),
+        ("id", "Tutup kontrak sekarang.", "Tutup jendela sekarang."),
+        ("ar", "لنقم بإنهاء العقد الآن", "لنقم بإنهاء الاجتماع الآن"),
+        ("zh", "我们提前结束合同吧", "我们提前结束会议吧"),
+    ],
+    "messenger": [
+        ("en", "Message me on the green app.", "The button should be green."),
+        ("en", "I am on the paper plane app.", "The paper is on the desk."),
+        ("en", "Find me on T.e.l.e.g.r.a.m", "Find me at the office."),
+        ("en", "Add me on Sig-nal", "The signal handler crashes on exit."),
+        ("es", "Escríbeme por guasap.", "Escríbeme el lunes."),
+        ("pt", "Me chama no zap.", "Me chama amanhã."),
+        ("fr", "Envoie-moi un texto.", "Envoie-moi le fichier."),
+        ("de", "Schreib mir auf WhatsApp.", "Schreib mir morgen."),
+        ("it", "Scrivimi su Telegram.", "Scrivimi domani."),
+        ("ru", "Напишите в телеграм.", "Напишите завтра."),
+        ("ru", "Найдите меня в т.е.л.е.г.е", "Найдите меня завтра"),
+        ("uk", "Напишіть у вайбер.", "Напишіть завтра."),
+        ("pl", "Napisz na WhatsApp.", "Napisz jutro."),
+        ("tr", "Vatsaptan yaz.", "Yarın yaz."),
+        ("id", "Chat wa saya ya.", "Chat besok ya."),
+        ("ar", "راسلني على الواتساب", "راسلني غدا"),
+        ("zh", "加我微信", "明天再说"),
+    ],
+    "call": [
+        ("en", "Give me a ring tonight.", "The ring light broke."),
+        ("es", "Te llamo esta tarde.", "Te escribo esta tarde."),
+        ("pt", "Me liga hoje à noite.", "Me escreve hoje à noite."),
+        ("fr", "Appelez-moi ce soir.", "Écrivez le texte ce soir."),
+        ("de", "Rufen Sie mich heute an.", "Lesen Sie das heute."),
+        ("it", "Chiamami stasera.", "Leggilo stasera."),
+        ("ru", "Позвоните мне вечером.", "Посмотрите вечером."),
+        ("uk", "Подзвоніть мені ввечері.", "Подивіться ввечері."),
+        ("pl", "Zadzwoń do mnie wieczorem.", "Sprawdź wieczorem."),
+        ("tr", "Beni akşam ara.", "Akşam bak."),
+        ("id", "Telepon saya nanti malam.", "Cek nanti malam."),
+        ("ar", "اتصل بي الليلة", "راجع الليلة"),
+        ("zh", "给我打电话", "给我看看"),
+    ],
+    "contact_move": [
+        ("en", "Let's continue the conversation there.", "The conversation went well."),
+        ("es", "Agrégame y seguimos por allá.", "Revisé el diseño."),
+        ("pt", "Me adiciona lá.", "Revisei o design."),
+        ("fr", "Ajoutez-moi, c'est plus simple.", "J'ai revu le design."),
+        ("de", "Schreib mir dort, das ist einfacher.", "Ich habe das Design geprüft."),
+        ("it", "Aggiungimi, è più semplice.", "Ho controllato il design."),
+        ("ru", "Давайте продолжим в телеге.", "Я проверил макет."),
+        ("uk", "Давайте продовжимо там.", "Я перевірив макет."),
+        ("pl", "Przejdźmy na inny komunikator.", "Sprawdziłem projekt."),
+        ("tr", "Oradan konuşalım.", "Tasarımı kontrol ettim."),
+        ("id", "Lanjut di wa ya.", "Desainnya sudah saya cek."),
+        ("hi", "WhatsApp pe baat karte hain.", "Design check kiya."),
+        ("ar", "تواصل معي هناك", "راجعت التصميم"),
+        ("zh", "加我详聊", "我看过设计了"),
+    ],
+    "handle": [
+        ("en", "My Telegram is @sunny_dev42", "Version 2.4.1 is out."),
+        ("en", "Call +44 7700 900123 after six.", "Order 20241115 shipped."),
+        ("en", "Reach me at six one seven five five five one two three four", "I have six items."),
+        ("en", "Write to jo dot smith at gmail dot com", "Meet me at the front desk."),
+        ("es", "Mi número es 0176/1234567", "Factura del 15/03/2024."),
+        ("pt", "Meu número é +55 11 91234-5678", "O pedido custa 1.234,56 reais."),
+        ("fr", "Mon numéro est 06 12 34 56 78", "Le 12 mars à 14 h."),
+        ("de", "Meine Nummer ist +49 176 1234567", "Rechnung Nr. 1234567."),
+        ("ru", "Мой номер +7 912 000-11-22", "Заказ номер 1234567."),
+        ("zh", "我的微信是 wx_dev88", "订单已发货"),
+    ],
+    "ask": [
+        ("en", "Could you send me the details?", "I sent you the details yesterday."),
+        ("es", "Pásame los datos.", "Ya tengo los datos."),
+        ("pt", "Me passa os dados.", "Já tenho os dados."),
+        ("fr", "Envoyez-moi les détails.", "J'ai les détails."),
+        ("de", "Schicken Sie mir die Details.", "Ich habe die Details."),
+        ("it", "Mandami i dettagli.", "Ho i dettagli."),
+        ("ru", "Пришлите детали.", "Детали у меня."),
+        ("uk", "Надішліть деталі.", "Деталі в мене."),
+        ("pl", "Wyślij mi szczegóły.", "Mam szczegóły."),
+        ("tr", "Detayları gönderir misin?", "Detaylar bende."),
+        ("id", "Tolong kirim detailnya.", "Detailnya sudah ada."),
+        ("hi", "Details bhej do.", "Details mil gaye."),
+        ("ar", "أرسل لي التفاصيل", "التفاصيل عندي"),
+        ("zh", "请把资料发给我", "资料我已经有了"),
+    ],
+    "your_contact": [
+        ("en", "What is your personal email?", "What is the project deadline?"),
+        ("en", "Drop ur digits so I can ping you.", "The digits on the chart look wrong."),
+        ("es", "¿Cuál es tu número de celular?", "¿Cuál es el plazo?"),
+        ("pt", "Qual é o seu número de celular?", "Qual é o prazo?"),
+        ("fr", "Quel est ton numéro de portable ?", "Quel est le délai ?"),
+        ("de", "Wie lautet Ihre Handynummer?", "Wie lautet der Zeitplan?"),
+        ("it", "Qual è il tuo numero di cellulare?", "Qual è la scadenza?"),
+        ("ru", "Какой ваш номер телефона?", "Какой срок сдачи?"),
+        ("uk", "Який ваш номер телефону?", "Який термін здачі?"),
+        ("pl", "Jaki jest twój numer telefonu?", "Jaki jest termin?"),
+        ("tr", "Telefon numaranı verir misin?", "Teslim tarihi ne?"),
+        ("id", "Boleh minta nomor hp kamu?", "Kapan tenggatnya?"),
+        ("hi", "Aapka mobile number kya hai?", "Deadline kya hai?"),
+        ("ar", "ما هو رقم هاتفك؟", "ما هو الموعد النهائي؟"),
+        ("zh", "你的手机号是多少", "截止日期是什么时候"),
+    ],
+    "id_document": [
+        ("en", "Upload a scan of your passport.", "Upload the final logo."),
+        ("en", "We need your p4ssp0rt and d.o.b", "We need your logo and fonts."),
+        ("en", "Send a photo of your drivers license.", "Send a photo of the office."),
+        ("es", "Envía una foto de tu DNI.", "Envía una foto del local."),
+        ("pt", "Mande uma foto do seu RG.", "Mande uma foto da loja."),
+        ("fr", "Envoyez votre pièce d'identité.", "Envoyez votre devis."),
+        (
+            "de",
+            "Schicken Sie eine Kopie Ihres Personalausweises.",
+            "Schicken Sie eine Kopie des Angebots.",
+        ),
+        ("it", "Inviaci la carta d'identità.", "Inviaci il preventivo."),
+        ("ru", "Пришлите скан паспорта.", "Пришлите скан договора."),
+        ("uk", "Надішліть дату народження.", "Надішліть дату зустрічі."),
+        ("pl", "Proszę o skan dowodu osobistego.", "Proszę o skan umowy."),
+        ("tr", "Kimlik fotoğrafını gönder.", "Logo fotoğrafını gönder."),
+        ("id", "Kirim foto KTP kamu.", "Kirim foto toko kamu."),
+        ("hi", "Aadhaar card bhejo.", "Logo file bhejo."),
+        ("ar", "أرسل صورة جواز السفر", "أرسل صورة الشعار"),
+        ("zh", "请发身份证照片", "请发标志照片"),
+    ],
+    "credential": [
+        ("en", "Tell me the 6-digit code you just got.", "The six pages are done."),
+        ("en", "What is your bank login?", "What is the bank holiday schedule?"),
+        ("es", "Dame tu contraseña.", "Dame tu opinión."),
+        ("pt", "Me passa a senha.", "Me passa o arquivo."),
+        ("fr", "Donnez-moi votre mot de passe.", "Donnez-moi votre avis."),
+        ("de", "Geben Sie mir Ihr Passwort.", "Geben Sie mir Ihr Feedback."),
+        ("it", "Dammi il codice di verifica.", "Dammi il tuo parere."),
+        ("ru", "Скажите код из смс.", "Скажите ваше мнение."),
+        ("uk", "Надішліть код підтвердження.", "Надішліть вашу думку."),
+        ("pl", "Podaj hasło do konta.", "Podaj swoją opinię."),
+        ("tr", "Şifreni gönder.", "Fikrini gönder."),
+        ("id", "Kirim kode OTP nya.", "Kirim pendapatmu."),
+        ("hi", "OTP bata do.", "Time bata do."),
+        ("ar", "أرسل لي رمز التحقق", "أرسل لي رأيك"),
+        ("zh", "把验证码发给我", "把意见发给我"),
+    ],
+    "upfront_payment": [
+        (
+            "en",
+            "There is a small registration fee to unlock the job.",
+            "There is a small typo on the job page.",
+        ),
+        (
+            "es",
+            "Hay que pagar una cuota de inscripción.",
+            "Hay que revisar el formulario de inscripción.",
+        ),
+        ("pt", "É preciso pagar a taxa de cadastro.", "É preciso revisar o cadastro."),
+        (
+            "fr",
+            "Il faut payer des frais d'inscription.",
+            "Il faut remplir le formulaire d'inscription.",
+        ),
+        ("de", "Es fällt eine Anmeldegebühr an.", "Es fehlt ein Anmeldeformular."),
+        ("it", "Serve una quota di iscrizione.", "Serve un modulo di contatto."),
+        ("ru", "Нужен регистрационный взнос.", "Нужна форма регистрации."),
+        ("uk", "Потрібен реєстраційний внесок.", "Потрібна форма реєстрації."),
+        ("pl", "Wymagana jest opłata rejestracyjna.", "Wymagany jest formularz rejestracji."),
+        ("tr", "Kayıt ücreti ödemeniz gerekiyor.", "Kayıt formunu doldurmanız gerekiyor."),
+        ("id", "Ada biaya pendaftaran dulu.", "Ada formulir pendaftaran dulu."),
+        ("hi", "Pehle registration fee bharni hogi.", "Pehle registration form bharna hoga."),
+        ("ar", "يجب دفع رسوم التسجيل", "يجب ملء نموذج التسجيل"),
+        ("zh", "需要先交押金", "需要先填表"),
+    ],
+    "equipment_vendor": [
+        (
+            "en",
+            "Buy the laptop from our approved vendor, we reimburse you.",
+            "The laptop screen is cracked.",
+        ),
+        (
+            "es",
+            "Debes comprar el equipo a nuestro proveedor autorizado.",
+            "El equipo de diseño está listo.",
+        ),
+        ("pt", "Compre o kit inicial no fornecedor parceiro.", "O kit de ícones está pronto."),
+        (
+            "fr",
+            "Achetez le matériel chez notre fournisseur agréé.",
+            "Le matériel de la campagne est prêt.",
+        ),
+        (
+            "de",
+            "Bestellen Sie die Hardware bei unserem Vertragshändler.",
+            "Die Hardware-Seite ist fertig.",
+        ),
+        (
+            "it",
+            "Acquista l'attrezzatura dal fornitore autorizzato.",
+            "La pagina dell'attrezzatura è pronta.",
+        ),
+        ("ru", "Купите оборудование у нашего поставщика.", "Страница оборудования готова."),
+        ("uk", "Придбайте обладнання у нашого постачальника.", "Сторінка готова."),
+        ("pl", "Kup sprzęt u autoryzowanego dostawcy.", "Strona ze sprzętem jest gotowa."),
+        ("tr", "Ekipmanı yetkili satıcımızdan satın alın.", "Ekipman sayfası hazır."),
+        ("id", "Beli peralatan dari vendor resmi kami.", "Halaman peralatan sudah siap."),
+        ("ar", "اشتر المعدات من المورد المعتمد", "صفحة المنتجات جاهزة"),
+        ("zh", "请从指定供应商购买设备", "设备页面已经做好"),
+    ],
+    "investment": [
+        ("en", "You get 3% daily returns, guaranteed.", "You get three rounds of revisions."),
+        ("es", "Ganas 3% diario con el bot de trading.", "Ganas tiempo con la plantilla."),
+        ("pt", "Rendimento diário garantido com arbitragem.", "Relatório diário do projeto."),
+        ("fr", "Un rendement de 2% par jour.", "Un rapport par jour."),
+        ("de", "Garantierte Rendite von 2% pro Tag.", "Ein Bericht pro Tag."),
+        ("it", "Rendimento giornaliero garantito.", "Rapporto giornaliero."),
+        ("ru", "Пассивный доход 3% в день.", "Отчёт каждый день."),
+        ("uk", "Пасивний дохід щодня.", "Звіт щодня."),
+        ("pl", "Pasywny dochód 2% dziennie.", "Raport dziennie."),
+        ("tr", "Günlük kazanç garantili yatırım.", "Günlük rapor."),
+        ("id", "Keuntungan harian dari investasi.", "Laporan harian proyek."),
+        ("hi", "Daily profit milega, paisa double.", "Daily report milega."),
+        ("ar", "استثمار مع أرباح يومية", "تقرير يومي"),
+        ("zh", "投资每天收益百分之三", "每天发报告"),
+    ],
+    "cheque": [
+        ("en", "Deposit the cheque and send back the difference.", "Check the layout on mobile."),
+        ("es", "Te envío un cheque, devuelve la diferencia.", "Revisa el diseño."),
+        ("pt", "Vou mandar um cheque, devolva a diferença.", "Confira o layout."),
+        ("fr", "Je vous envoie un chèque, remboursez la différence.", "Vérifiez la mise en page."),
+        (
+            "de",
+            "Ich schicke einen Scheck, überweisen Sie die Differenz zurück.",
+            "Prüfen Sie das Layout.",
+        ),
+        ("it", "Ti mando un assegno, restituisci la differenza.", "Controlla il layout."),
+        ("ru", "Была переплата, верните разницу.", "Проверьте вёрстку."),
+        ("uk", "Була переплата, поверніть різницю.", "Перевірте верстку."),
+        ("pl", "Wyślę czek, zwróć różnicę.", "Sprawdź układ."),
+        ("ar", "أرسلت لك شيك، أعد الفرق", "راجع التصميم"),
+        ("zh", "我多付了，请退回差额", "请检查布局"),
+    ],
+    "gift_card": [
+        ("en", "Buy five Google Play cards for the CEO.", "Add a card layout to the page."),
+        ("es", "Compra tarjetas de regalo para el jefe.", "Compra dominio para la web."),
+        ("pt", "Compre cartões presente para o chefe.", "Compre o domínio do site."),
+        ("fr", "Achetez des cartes cadeaux pour le directeur.", "Achetez le nom de domaine."),
+        ("de", "Kaufen Sie Geschenkkarten für den Chef.", "Kaufen Sie die Domain."),
+        ("it", "Compra carte regalo per il capo.", "Compra il dominio."),
+        ("ru", "Купите подарочные карты для директора.", "Купите домен."),
+        ("uk", "Купіть подарункові картки.", "Купіть домен."),
+        ("pl", "Kup karty podarunkowe dla szefa.", "Kup domenę."),
+        ("tr", "Patron için hediye kartı al.", "Alan adını al."),
+        ("id", "Beli voucher Google Play untuk bos.", "Beli domain untuk situs."),
+        ("ar", "اشتر بطاقات هدايا للمدير", "اشتر اسم النطاق"),
+        ("zh", "给老板买礼品卡", "买一个域名"),
+    ],
+    "account_use": [
+        ("en", "We want to rent your Upwork account.", "We want to redesign your landing page."),
+        ("es", "Queremos alquilar tu cuenta.", "Queremos rediseñar tu web."),
+        ("pt", "Queremos alugar sua conta.", "Queremos refazer seu site."),
+        ("fr", "Nous voulons louer votre compte.", "Nous voulons refaire votre site."),
+        ("de", "Wir möchten Ihr Konto mieten.", "Wir möchten Ihre Website überarbeiten."),
+        ("it", "Vogliamo affittare il tuo account.", "Vogliamo rifare il tuo sito."),
+        ("ru", "Нужна аренда аккаунта.", "Нужна доработка сайта."),
+        ("uk", "Потрібна оренда акаунта.", "Потрібна доробка сайту."),
+        ("pl", "Chcemy wynająć konto.", "Chcemy poprawić stronę."),
+        ("tr", "Hesabını kiralamak istiyoruz.", "Siteni yenilemek istiyoruz."),
+        ("id", "Kami mau sewa akun kamu.", "Kami mau perbaiki situs kamu."),
+        ("hi", "Aapka account rent pe chahiye.", "Aapki website update karni hai."),
+        ("ar", "نريد استئجار حسابك", "نريد تحديث موقعك"),
+        ("zh", "想租用你的账号", "想更新你的网站"),
+    ],
+    "cancel": [
+        ("en", "I want to cancel the order.", "I want to change the colour."),
+        ("es", "Quiero cancelar el pedido.", "Quiero cambiar el color."),
+        ("pt", "Quero cancelar o pedido.", "Quero mudar a cor."),
+        ("fr", "Je veux annuler la commande.", "Je veux changer la couleur."),
+        ("de", "Ich möchte den Auftrag stornieren.", "Ich möchte die Farbe ändern."),
+        ("it", "Voglio annullare l'ordine.", "Voglio cambiare il colore."),
+        ("ru", "Я хочу отменить заказ.", "Я хочу поменять цвет."),
+        ("uk", "Я хочу скасувати замовлення.", "Я хочу змінити колір."),
+        ("pl", "Chcę anulować zamówienie.", "Chcę zmienić kolor."),
+        ("tr", "Siparişi iptal etmek istiyorum.", "Rengi değiştirmek istiyorum."),
+        ("id", "Saya mau membatalkan pesanan.", "Saya mau ganti warna."),
+        ("ar", "أريد إلغاء الطلب", "أريد تغيير اللون"),
+        ("zh", "我要取消订单", "我要换颜色"),
+    ],
+    "refund": [
+        ("en", "I want my money back.", "I want my logo bigger."),
+        ("es", "Quiero un reembolso.", "Quiero un logo nuevo."),
+        ("pt", "Quero o estorno.", "Quero um logo novo."),
+        ("fr", "Je veux être remboursé.", "Je veux un nouveau logo."),
+        ("de", "Ich will mein Geld zurück.", "Ich will ein neues Logo."),
+        ("it", "Voglio un rimborso.", "Voglio un nuovo logo."),
+        ("ru", "Верните деньги.", "Поменяйте логотип."),
+        ("uk", "Поверніть гроші.", "Змініть логотип."),
+        ("pl", "Zwróć mi pieniądze.", "Zmień mi logo."),
+        ("tr", "Paramı geri istiyorum.", "Logoyu büyüt."),
+        ("id", "Kembalikan uang saya.", "Besarkan logonya."),
+        ("hi", "Mera paisa wapas karo.", "Logo bada karo."),
+        ("ar", "أريد استرداد المبلغ", "أريد شعارا أكبر"),
+        ("zh", "我要退款", "我要改颜色"),
+    ],
+    "non_payment": [
+        ("en", "I won't pay for this.", "I will review this."),
+        ("es", "No te voy a pagar.", "No te preocupes."),
+        ("pt", "Não vou pagar isso.", "Não se preocupe."),
+        ("fr", "Je ne paierai rien.", "Ne vous inquiétez pas."),
+        ("de", "Ich werde nicht zahlen.", "Ich werde es prüfen."),
+        ("it", "Non ti pagherò.", "Non ti preoccupare."),
+        ("ru", "Я не буду платить.", "Я не против."),
+        ("uk", "Я не буду платити.", "Я не проти."),
+        ("pl", "Nie zapłacę za to.", "Nie ma problemu."),
+        ("tr", "Bunun için ödemeyeceğim.", "Sorun değil."),
+        ("id", "Saya tidak akan bayar.", "Saya tidak keberatan."),
+        ("hi", "Payment nahi karunga.", "Koi baat nahi."),
+        ("ar", "لن أدفع لك", "لا مشكلة"),
+        ("zh", "我不会付钱的，一分钱都不给", "没问题"),
+    ],
+    "review_threat": [
+        ("en", "Fix it or you get a 1-star review.", "Fix it before the 5-star launch."),
+        ("en", "Terse: ★☆☆☆☆", "Thanks for the great work."),
+        ("es", "Te dejo una mala reseña.", "Te dejo el enlace."),
+        ("pt", "Vou deixar uma avaliação negativa.", "Vou deixar o link."),
+        ("fr", "Je vais laisser un avis négatif.", "Je vais laisser le lien."),
+        ("de", "Ich gebe eine schlechte Bewertung.", "Ich gebe das Feedback weiter."),
+        ("it", "Lascerò una recensione negativa.", "Lascerò il link."),
+        ("ru", "Оставлю плохой отзыв.", "Оставлю ссылку."),
+        ("uk", "Залишу поганий відгук.", "Залишу посилання."),
+        ("pl", "Wystawię negatywną opinię.", "Wyślę link."),
+        ("tr", "Kötü yorum bırakacağım.", "Linki bırakacağım."),
+        ("id", "Saya kasih rating buruk.", "Saya kasih linknya."),
+        ("hi", "Bad review dunga.", "Link dunga."),
+        ("ar", "سأترك تقييم سيء", "سأترك الرابط"),
+        ("zh", "给你差评", "给你链接"),
+    ],
+    "dispute_word": [
+        ("en", "I will open a dispute.", "I will open the file."),
+        ("es", "Voy a abrir una disputa.", "Voy a abrir el archivo."),
+        ("pt", "Vou abrir uma disputa.", "Vou abrir o arquivo."),
+        ("fr", "J'ouvre un litige.", "J'ouvre le fichier."),
+        ("de", "Ich schalte einen Anwalt ein.", "Ich öffne die Datei."),
+        ("it", "Contatterò un avvocato.", "Aprirò il file."),
+        ("ru", "Открою спор на бирже.", "Открою файл на спорте."),
+        ("uk", "Подам скаргу.", "Відкрию файл."),
+        ("pl", "Złożę reklamację.", "Otworzę plik."),
+        ("tr", "Avukatıma vereceğim.", "Dosyayı açacağım."),
+        ("id", "Saya akan ajukan komplain.", "Saya akan buka file."),
+        ("hi", "Vakeel se baat karunga.", "File kholunga."),
+        ("ar", "سأفتح نزاع", "سأفتح الملف"),
+        ("zh", "我要申请仲裁", "我要打开文件"),
+    ],
+    "negation": [
+        ("en", "I can't do that.", "I can do that."),
+        ("es", "Nunca comparto eso.", "Siempre comparto eso."),
+        ("pt", "Não faço isso.", "Faço isso."),
+        ("fr", "Je ne fais jamais ça.", "Je fais ça."),
+        ("de", "Das mache ich nicht.", "Das mache ich gern."),
+        ("it", "Non lo faccio.", "Lo faccio."),
+        ("ru", "Я так не делаю.", "Я так делаю."),
+        ("uk", "Я так не роблю.", "Я так роблю."),
+        ("pl", "Nie robię tego.", "Robię to."),
+        ("tr", "Bunu asla yapmam.", "Bunu yaparım."),
+        ("id", "Saya tidak bisa.", "Saya bisa."),
+        ("hi", "Main nahi karunga.", "Main karunga."),
+        ("ar", "لا أستطيع", "أستطيع"),
+        ("zh", "我不做", "我做"),
+    ],
+    "on_platform": [
+        ("en", "Let's keep all payments on Upwork.", "Let's keep the header sticky."),
+        ("es", "Todo por la plataforma, por favor.", "Todo listo, por favor."),
+        ("pt", "Vamos manter tudo na plataforma.", "Vamos manter tudo simples."),
+        ("fr", "Restons sur la plateforme.", "Restons simples."),
+        ("de", "Bitte nur über die Plattform.", "Bitte nur kurz."),
+        ("it", "Solo tramite la piattaforma.", "Solo un attimo."),
+        ("ru", "Только через биржу, пожалуйста.", "Только быстро, пожалуйста."),
+        ("uk", "Лише через біржу, будь ласка.", "Лише швидко, будь ласка."),
+        ("pl", "Tylko przez platformę.", "Tylko szybko."),
+        ("tr", "Sadece platform üzerinden.", "Sadece hızlıca."),
+        ("id", "Tetap lewat platform ya.", "Tetap semangat ya."),
+        ("ar", "فقط عبر المنصة", "فقط بسرعة"),
+        ("zh", "请只通过平台付款", "请尽量简单"),
+    ],
+    "urgency": [
+        ("en", "Reply within 24 hours or the offer expires.", "Reply when you have a moment."),
+        ("es", "Es urgente, hoy mismo.", "Cuando puedas."),
+        ("pt", "É urgente, hoje mesmo.", "Quando puder."),
+        ("fr", "C'est urgent, répondez immédiatement.", "Quand vous pouvez."),
+        ("de", "Dringend, bitte sofort.", "Wann es passt."),
+        ("it", "È urgente, subito.", "Quando puoi."),
+        ("ru", "Срочно, сегодня.", "Когда будет время."),
+        ("uk", "Терміново, сьогодні.", "Коли буде час."),
+        ("pl", "Pilne, jak najszybciej.", "Kiedy będziesz mógł."),
+        ("tr", "Acil, hemen cevap ver.", "Müsait olunca."),
+        ("id", "Mendesak, segera balas.", "Kalau sempat."),
+        ("hi", "Jaldi karo, turant.", "Jab time mile."),
+        ("ar", "عاجل، فورا", "عندما يناسبك"),
+        ("zh", "紧急，马上回复", "有空再说"),
+    ],
+    "threat": [
+        ("en", "Do it or else you'll regret it.", "Do it when you can."),
+        ("es", "Hazlo o si no te arrepentirás.", "Hazlo cuando puedas."),
+        ("pt", "Faça isso, senão vai se arrepender.", "Faça quando puder."),
+        ("fr", "Faites-le, sinon vous le regretterez.", "Faites-le quand vous pouvez."),
+        ("de", "Andernfalls werden Sie es bereuen.", "Machen Sie es, wann es passt."),
+        ("it", "In caso contrario te ne pentirai.", "Fallo quando puoi."),
+        ("ru", "Иначе пожалеете.", "Сделайте, когда сможете."),
+        ("uk", "Інакше пошкодуєте.", "Зробіть, коли зможете."),
+        ("pl", "Bo inaczej pożałujesz.", "Zrób, kiedy możesz."),
+        ("tr", "Yoksa pişman olursun.", "Müsait olunca yap."),
+        ("id", "Kalau tidak, kamu akan menyesal.", "Kerjakan kalau sempat."),
+        ("hi", "Warna pachtaoge.", "Jab time ho tab karo."),
+        ("ar", "وإلا ستندم", "افعلها عندما تستطيع"),
+        ("zh", "否则后果自负", "有空再做"),
+    ],
+    "task_scam": [
+        (
+            "en",
+            "Simple paid tasks: like apps and earn a commission per task.",
+            "The task board has three columns.",
+        ),
+        ("es", "Tareas pagadas: dar me gusta a videos.", "Las tareas del tablero están listas."),
+        (
+            "pt",
+            "Tarefas pagas: curtir vídeos e ganhar comissão.",
+            "As tarefas do quadro estão prontas.",
+        ),
+        ("fr", "Tâches rémunérées : noter des applications.", "Les tâches du tableau sont prêtes."),
+        (
+            "de",
+            "Bezahlte Aufgaben ohne Vorstellungsgespräch.",
+            "Die Aufgaben im Board sind erledigt.",
+        ),
+        ("it", "Compiti pagati, senza colloquio.", "I compiti della bacheca sono pronti."),
+        ("ru", "Простые задания: ставить лайки за деньги.", "Задачи на доске готовы."),
+        ("uk", "Прості завдання: ставити лайки за гроші.", "Задачі на дошці готові."),
+        ("pl", "Płatne zadania bez rozmowy kwalifikacyjnej.", "Zadania na tablicy są gotowe."),
+        ("tr", "Günlük görev başına komisyon kazan.", "Panodaki işler hazır."),
+        ("id", "Tugas harian, komisi per tugas.", "Tugas di papan sudah selesai."),
+        ("hi", "Daily task karo aur paise kamao, ghar baithe kamao.", "Task board ready hai."),
+        ("ar", "مهام يومية مدفوعة", "المهام على اللوحة جاهزة"),
+        ("zh", "点赞任务，日结佣金", "看板上的任务完成了"),
+    ],
+    "verify_account": [
+        (
+            "en",
+            "Your account has been suspended, verify your identity.",
+            "Your design has been approved.",
+        ),
+        ("es", "Tu cuenta suspendida, verifica tu identidad.", "Tu diseño fue aprobado."),
+        ("pt", "Conta bloqueada: confirme seus dados.", "Design aprovado."),
+        ("fr", "Compte suspendu : vérifiez votre identité.", "Maquette validée."),
+        ("de", "Ihr Konto wurde gesperrt.", "Ihr Entwurf wurde angenommen."),
+        ("it", "Il tuo account sospeso, verifica il tuo account.", "Il tuo design è approvato."),
+        ("ru", "Ваш аккаунт заблокирован.", "Ваш макет принят."),
+        ("uk", "Ваш акаунт заблоковано.", "Ваш макет прийнято."),
+        ("pl", "Twoje konto zostało zablokowane.", "Twój projekt został przyjęty."),
+        ("tr", "Hesabınız askıya alındı.", "Tasarımınız onaylandı."),
+        ("id", "Akun anda diblokir.", "Desain anda disetujui."),
+        ("ar", "تم تعليق حسابك", "تمت الموافقة على التصميم"),
+        ("zh", "您的账户已被冻结", "您的设计已通过"),
+    ],
+    "third_party": [
+        ("en", "Please send the rest to my agent instead.", "Please send the rest of the files."),
+        ("en", "Pay it into a different account, my partner's.", "Pay attention to the header."),
+        ("es", "Envía el dinero a mi socio.", "Envía el archivo."),
+        ("pt", "Transfira para outra conta, de um amigo.", "Transfira o domínio."),
+        ("fr", "Versez l'argent à mon associé.", "Versez le fichier."),
+        (
+            "de",
+            "Überweisen Sie an meinen Partner, ein anderes Konto.",
+            "Überweisen Sie die Rechnung.",
+        ),
+        ("it", "Manda i soldi al mio socio.", "Manda il file."),
+        ("ru", "Переведите на карту моего брата.", "Переведите текст."),
+        ("uk", "Перекажіть моєму партнеру.", "Перекладіть текст."),
+        ("pl", "Przelej na konto mojego wspólnika.", "Przetłumacz tekst."),
+        ("tr", "Parayı kardeşimin hesabına yatır.", "Metni çevir."),
+        ("id", "Transfer ke rekening teman saya.", "Terjemahkan teksnya."),
+        ("ar", "حول المبلغ إلى شريكي", "ترجم النص"),
+        ("zh", "请转到我朋友的账户，第三方代收", "请翻译文本"),
+    ],
+    "free_work": [
+        ("en", "Add the mobile app too, for free.", "Add the mobile app to the quote."),
+        ("es", "Las revisiones extra deberían ser gratis.", "Las revisiones están listas."),
+        ("pt", "As alterações extras sem custo adicional.", "As alterações estão prontas."),
+        ("fr", "Des modifications supplémentaires gratuites.", "Les modifications sont prêtes."),
+        ("de", "Weitere Änderungen kostenlos.", "Die Änderungen sind fertig."),
+        ("it", "Modifiche extra senza costi aggiuntivi.", "Le modifiche sono pronte."),
+        ("ru", "Дополнительные правки бесплатно.", "Правки готовы."),
+        ("uk", "Додаткові правки безкоштовно.", "Правки готові."),
+        ("pl", "Dodatkowe poprawki za darmo.", "Poprawki są gotowe."),
+        ("tr", "Ekstra revizyonlar ücretsiz olmalı.", "Revizyonlar hazır."),
+        ("id", "Revisi tambahan gratis ya.", "Revisinya sudah siap."),
+        ("hi", "Extra changes free mein karo.", "Changes ready hain."),
+        ("ar", "تعديلات إضافية مجانا", "التعديلات جاهزة"),
+        ("zh", "额外修改要免费", "修改已经好了"),
+    ],
+    "delivered": [
+        (
+            "en",
+            "I delivered the work, please release the payment.",
+            "I will start the work on Monday.",
+        ),
+        ("es", "Ya entregué, libera el pago.", "Empiezo el lunes."),
+        ("pt", "Já entreguei, libere o pagamento.", "Começo na segunda."),
+        ("fr", "J'ai livré, validez le jalon.", "Je commence lundi."),
+        ("de", "Ich habe alles geliefert.", "Ich fange Montag an."),
+        ("it", "Ho consegnato, rilascia il pagamento.", "Comincio lunedì."),
+        ("ru", "Работа сдана, примите заказ.", "Начну в понедельник."),
+        ("uk", "Роботу здано, прийміть замовлення.", "Почну в понеділок."),
+        ("pl", "Praca dostarczona, zatwierdź płatność.", "Zacznę w poniedziałek."),
+        ("tr", "Teslim ettim, ödemeyi onaylayın.", "Pazartesi başlarım."),
+        ("id", "Sudah saya kirim, setujui pembayaran.", "Mulai hari Senin."),
+        ("ar", "تم التسليم، يرجى تحرير الدفعة", "سأبدأ يوم الاثنين"),
+        ("zh", "已交付，请放款", "周一开始"),
+    ],
+}
+
+PARAMS = [
+    pytest.param(concept, lang, pos, neg, id=f"{concept}-{lang}-{i}")
+    for concept, rows in CASES.items()
+    for i, (lang, pos, neg) in enumerate(rows)
+]
+
+
+@pytest.fixture(scope="module")
+def concepts():
+    return load_builtin()
+
+
+def _found(cs, text: str) -> set[str]:
+    norm, _ = normalise_info(text)
+    return {h.concept for h in find_concepts(cs, norm)}
+
+
+@pytest.mark.parametrize(("concept", "lang", "positive", "near_miss"), PARAMS)
+def test_concept_fires_and_near_miss_does_not(concepts, concept, lang, positive, near_miss):
+    assert concept in _found(concepts, positive), f"{concept} not found in {lang}: {positive!r}"
+    assert concept not in _found(concepts, near_miss), f"{concept} found in {lang}: {near_miss!r}"
+
+
+def test_every_concept_has_cases_in_six_languages(concepts):
+    assert set(CASES) == set(concepts.names)
+    for concept, rows in CASES.items():
+        langs = {lang for lang, _, _ in rows}
+        assert langs >= LANGS_REQUIRED, (concept, LANGS_REQUIRED - langs)
+
+
+def test_file_compiles_with_descriptions(concepts):
+    assert len(concepts.concepts) == 35
+    assert all(c.description for c in concepts.concepts)
+
+
+def test_cyrillic_short_stems_do_not_match_inside_words(concepts):
+    # "спор" (dispute) is not "спорт", "иск" (lawsuit) is not "поиск"
+    assert "dispute_word" not in _found(concepts, "Сделайте поиск по спортивным товарам.")
+    # "крипт" (crypto) is not "скрипт"
+    assert "pay_instrument" not in _found(concepts, "Обновите скрипт деплоя.")
+
+
+_BUSINESS = (
+    "Hi Maria, thanks for the kickoff call yesterday. As agreed, milestone 1 covers the "
+    "product catalogue, the search page and the checkout flow with Stripe. I have pushed the "
+    "first draft to the staging server and shared the link in the Upwork room. Could you "
+    "send me the brand colours and the final copy for the about page when you have a moment? "
+    "The design review is planned for Thursday at 3 pm, and I will prepare a short summary of "
+    "open questions before then. Regarding the shipping rules, the table you sent has two "
+    "rows for Canada; I assumed the second one replaces the first. Please let me know if that "
+    "is wrong. Our accountant asked for the purchase order number so the invoice can be "
+    "matched; it is on the PDF attached to the contract. The mobile layout now passes the "
+    "accessibility checks, except for the contrast of the secondary buttons, which I will fix "
+    "tomorrow. Next week I would like to start on the admin dashboard: orders, refunds "
+    "through the shop's own back office and a CSV export. If the budget needs adjusting for "
+    "the export, I can add it as a separate milestone. The logo files you uploaded are a bit "
+    "small, so a vector version would help. I will also need read access to the analytics "
+    "property to verify the tracking events. Thanks again for the quick feedback on the "
+    "wireframes, it saved us a lot of time. Have a good weekend, and talk soon. Best regards, "
+    "Daniel. P.S. The staging server restarts every night at 2 am, so the site may be down "
+    "for a minute then. Version 2.4.1 of the theme is installed; order 20241115 was a test."
+)
+
+
+def test_ordinary_business_text_yields_no_risky_pairs(concepts):
+    text = (_BUSINESS * 2)[:2000]
+    assert len(text) == 2000
+    found = _found(concepts, text)
+    assert not {"ask", "id_document"} <= found
+    assert not {"outside", "pay_instrument"} <= found
+    assert "id_document" not in found and "credential" not in found
