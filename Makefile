@@ -24,8 +24,8 @@ test: install test-servers
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check guard tests benchmarks
-	$(BIN)/ruff format --check guard tests benchmarks
+	$(BIN)/ruff check guard tests benchmarks training
+	$(BIN)/ruff format --check guard tests benchmarks training
 	$(BIN)/mypy guard
 
 demo: install test-servers

@@ -56,7 +56,9 @@ USE_HONEYPOT = False  # phishing keeps its hand-set structural scores (see LEARN
 # Phishing is decided by structural checks whose hand-set scores and "supporting" logic
 # hold up on real mail; fitting them on the honeypot sample raised false alarms on ham
 # held out from training (SpamAssassin hard ham 16 %). The other six are learned.
-LEARNED = tuple(c for c in CATEGORIES if c != "phishing")  # a concept feature seen in fewer training messages is dropped
+LEARNED = tuple(
+    c for c in CATEGORIES if c != "phishing"
+)  # a concept feature seen in fewer training messages is dropped
 ROUND = 2
 
 
@@ -103,7 +105,9 @@ def load_corpora(root: Path, jobs: int) -> list[Example]:
     for sub in sorted((root / "public" / "ham").glob("*")):
         for path in sorted(sub.rglob("*.eml")):
             todo.append((f"public/ham/{sub.name}", str(path), frozenset()))
-    for path in sorted((root / "public" / "risky" / "phishing_pot").rglob("*.eml")) if USE_HONEYPOT else ():
+    for path in (
+        sorted((root / "public" / "risky" / "phishing_pot").rglob("*.eml")) if USE_HONEYPOT else ()
+    ):
         todo.append(("public/phishing", str(path), None))
     with ProcessPoolExecutor(jobs, initializer=_init) as pool:
         views = list(pool.map(_view_names, [t[1] for t in todo], chunksize=32))
@@ -130,7 +134,9 @@ def hand_scores() -> dict[str, float]:
 def _usable(name: str, category: str) -> bool:
     """Phishing is judged on its structural signals (sender, links, attachments,
     authentication) and the rules; concepts describe what a client asks for."""
-    return not (category == "phishing" and _kind(name) in ("pair", "single") and not PHISHING_CONCEPTS)
+    return not (
+        category == "phishing" and _kind(name) in ("pair", "single") and not PHISHING_CONCEPTS
+    )
 
 
 def _rows(examples: list[Example], category: str) -> list[tuple[Example, int]]:
@@ -170,7 +176,11 @@ def fit_category(
         data.extend(v for _, v in feats)
         ptr.append(len(cols))
         y[i] = target
-        w[i] = boost if target else (PUBLIC_HAM_WEIGHT if ex.corpus.startswith("public/") else HAM_WEIGHT)
+        w[i] = (
+            boost
+            if target
+            else (PUBLIC_HAM_WEIGHT if ex.corpus.startswith("public/") else HAM_WEIGHT)
+        )
     X = sparse.csr_matrix((data, cols, ptr), shape=(len(rows), len(names)))
     prior = np.array([priors.get(n, 0.0) if _kind(n) == "rule" else 0.0 for n in names])
     lam = np.array([PRIOR_RULE if _kind(n) == "rule" else PRIOR_OTHER for n in names])

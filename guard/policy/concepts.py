@@ -14,20 +14,17 @@ category is learned from labelled mail (``weights.toml``, made by ``make train``
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
 import re2
 
-# A sentence ends at ., !, ?, ; or their CJK/Arabic forms followed by a space, or at a
-# run of dashes/bullets (normalised text has no line breaks left).
-_SENTENCE_END = re.compile(r"[.!?;。！？；؟](?:\s+|$)|\s[-•·]{1,3}\s")
+_MARKS = (". ", "! ", "? ", "; ", "。", "！", "？", "；", "؟ ", " - ", " • ", " · ")
 # Concepts further apart than this many characters never pair, even in adjacent sentences.
 PAIR_SPAN = 320
-MAX_HITS_PER_CONCEPT = 16
+MAX_HITS_PER_CONCEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +39,21 @@ class ConceptSet:
     concepts: tuple[Concept, ...]
     atoms: list[Any]
     atom_set: Any  # re2 Set over every concept's pattern, in the order of ``concepts``
+    patterns: list[str] = field(default_factory=list)
+    ascii_atoms: dict[int, Any] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.concepts)
+
+    def ascii_atom(self, atom: int) -> Any:
+        """The concept's pattern compiled for bytes: ASCII text is searched as bytes, whose
+        offsets need no conversion back to characters (as in the rule engine)."""
+        compiled = self.ascii_atoms.get(atom)
+        if compiled is None:
+            compiled = re2.compile(self.patterns[atom].encode("utf-8"), self.atoms[atom].options)
+            self.ascii_atoms[atom] = compiled
+        return compiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,31 +88,48 @@ def compile_concepts(doc: dict[str, Any], term: Any, origin: str = "concepts") -
         atom_set.Add(pattern)
     if patterns:
         atom_set.Compile()
-    return ConceptSet(tuple(concepts), atoms, atom_set)
+    return ConceptSet(tuple(concepts), atoms, atom_set, patterns)
 
 
 def sentence_starts(norm: str) -> list[int]:
-    """Offsets in ``norm`` where each sentence starts (the first is 0)."""
+    """Offsets in ``norm`` where each sentence starts (the first is 0): after ., !, ?, ;
+    (or their CJK and Arabic forms) and a space, and after a dash or bullet between spaces
+    (normalised text has no line breaks left). str.find runs in C: no regex pass."""
     starts = [0]
-    for m in _SENTENCE_END.finditer(norm):
-        if m.end() < len(norm):
-            starts.append(m.end())
+    for mark in _MARKS:
+        i = norm.find(mark)
+        while i >= 0:
+            end = i + len(mark)
+            if end < len(norm):
+                starts.append(end)
+            i = norm.find(mark, end)
+    starts.sort()
     return starts
 
 
-def find_concepts(cs: ConceptSet, norm: str) -> list[ConceptHit]:
-    """Every concept hit in normalised text ``norm``, in text order."""
+def find_concepts(cs: ConceptSet, norm: str, ascii: bytes | None = None) -> list[ConceptHit]:
+    """Every concept hit in normalised text ``norm``, in text order. ``ascii`` is ``norm``
+    encoded when it is ASCII (searched as bytes: same offsets, no conversion)."""
     if not norm or not cs.concepts:
         return []
-    present = cs.atom_set.Match(norm) or ()
+    present = cs.atom_set.Match(ascii if ascii is not None else norm) or ()
     if not present:
         return []
+    if len(present) == 1:
+        # One concept alone: no pair to place, and a concept alone never carries a
+        # category (its score is at most 0), so its position is not needed.
+        concept = cs.concepts[present[0]]
+        return [ConceptHit(concept.name, 0, 0, 0)]
     starts = sentence_starts(norm)
     hits: list[ConceptHit] = []
     for index in present:
         concept = cs.concepts[index]
         count = 0
-        for m in cs.atoms[concept.atom].finditer(norm):
+        if ascii is not None:
+            found = cs.ascii_atom(concept.atom).finditer(ascii)
+        else:
+            found = cs.atoms[concept.atom].finditer(norm)
+        for m in found:
             if m.end() == m.start():
                 continue
             hits.append(

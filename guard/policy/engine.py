@@ -692,11 +692,17 @@ def _field_texts(msg: Message) -> dict[str, str | list[str]]:
     }
 
 
-def evaluate(rules: RuleSet, msg: Message) -> Verdict:
-    """Run every rule and structural check on ``msg`` and sum the findings into a verdict."""
+def evaluate(
+    rules: RuleSet, msg: Message, fields_out: dict[str, list[_Field]] | None = None
+) -> Verdict:
+    """Run every rule and structural check on ``msg`` and sum the findings into a verdict.
+
+    ``fields_out``, when given, receives the normalised fields (the concept layer reads the
+    same normalised text instead of normalising it again).
+    """
     notes: list[str] = []
     unchecked = list(msg.unchecked)
-    fields: dict[str, list[_Field]] = {}
+    fields: dict[str, list[_Field]] = {} if fields_out is None else fields_out
     for name, value in _field_texts(msg).items():
         if not value or name not in rules.fields_used:
             continue

@@ -99,7 +99,10 @@ def segments(msg: Message) -> tuple[Segments, Segments]:
     """The segments of the plain and the HTML text. In a message that is not a reply the
     quoted-looking text counts as new (only the signature is set apart)."""
     reply = is_reply(msg)
-    return _split(msg.text, reply), _split(msg.html_text, reply)
+    text, html = msg.text, msg.html_text
+    if text.strip() and html.strip() and (html == text or html.split() == text.split()):
+        html = ""  # the HTML alternative says nothing else: the engine reads only the plain
+    return _split(text, reply), _split(html, reply)
 
 
 def _context_text(plain: Segments, html: Segments) -> tuple[str, str]:
@@ -111,56 +114,60 @@ def _context_text(plain: Segments, html: Segments) -> tuple[str, str]:
 class _Judged:
     """Everything one message yields before the learned scores are applied."""
 
-    __slots__ = ("concept_fields", "new_verdict", "view")
+    __slots__ = ("fields", "new_verdict", "view")
 
     def __init__(
-        self, new_verdict: Verdict, view: FeatureView, concept_fields: dict[str, engine._Field]
+        self, new_verdict: Verdict, view: FeatureView, fields: dict[str, list[engine._Field]]
     ) -> None:
         self.new_verdict = new_verdict
         self.view = view
-        self.concept_fields = concept_fields
+        self.fields = fields
+
+    def evidence(self, feature: str) -> tuple[str, str]:
+        where, piece, start, end = self.view.concepts[feature]
+        return where, self.fields[where][piece].evidence(start, end)
 
 
 def _judge(rules: engine.RuleSet, msg: Message, cs: cn.ConceptSet) -> _Judged:
     plain, html = segments(msg)
     new_msg = replace(msg, text=plain.new, html_text=html.new)
-    new_verdict = engine.evaluate(rules, new_msg)
+    fields: dict[str, list[engine._Field]] = {}
+    new_verdict = engine.evaluate(rules, new_msg, fields_out=fields)
     view = FeatureView(hand_scores=engine.category_sums(new_verdict.findings))
     for f in new_verdict.findings:
         if f.rule != UNCHECKED_RULE and f.category in CATEGORIES:
             view.rules.setdefault(f.rule, f.category)
     quoted, signature = _context_text(plain, html)
-    for text, into, flag in (
-        (quoted, view.quoted_categories, "ctx:quoted"),
-        (signature, view.signature_categories, "ctx:signature"),
-    ):
-        if not text.strip():
-            continue
-        view.context.add(flag)
+    if quoted.strip():
+        view.context.add("ctx:quoted")
+    if signature.strip():
+        view.context.add("ctx:signature")
+    if quoted.strip() or signature.strip():
+        # What the rules find in the history and the signature only counts as context.
         side = engine.evaluate(
             rules,
-            Message(text=text, from_=msg.from_, list_id=msg.list_id, precedence=msg.precedence),
+            Message(
+                text=f"{quoted}\n{signature}",
+                from_=msg.from_,
+                list_id=msg.list_id,
+                precedence=msg.precedence,
+            ),
         )
-        into.update(f.category for f in side.findings if f.category in CATEGORIES and f.score > 0)
+        view.quoted_categories.update(
+            f.category for f in side.findings if f.category in CATEGORIES and f.score > 0
+        )
     if msg.is_bulk:
         view.context.add("ctx:bulk")
     if is_reply(msg):
         view.context.add("ctx:reply")
     if engine.is_trusted_platform_sender(rules.structural, msg):
         view.context.add("ctx:platform_notice")
-    fields: dict[str, engine._Field] = {}
-    body = new_msg.body
-    if html.new.strip() and plain.new.strip() and html.new.strip() != plain.new.strip():
-        body = f"{plain.new}\n{html.new}"
-    for name, text in (("subject", msg.subject), ("body", body)):
-        if not text:
-            continue
-        text = text[: engine.MAX_SCAN_CHARS]
-        fld = engine._Field(text, rules)
-        fields[name] = fld
-        for feature, (start, end) in cn.concept_pairs(cn.find_concepts(cs, fld.norm)).items():
-            if feature not in view.concepts:
-                view.concepts[feature] = (name, start, end)
+    for name in ("subject", "body"):
+        for piece, fld in enumerate(fields.get(name, ())):
+            hits = cn.find_concepts(cs, fld.norm, fld._ascii)
+            for feature, (start, end) in cn.concept_pairs(hits).items():
+                if feature not in view.concepts:
+                    view.concepts[feature] = (name, piece, start, end)
     return _Judged(new_verdict, view, fields)
 
 
@@ -188,9 +195,7 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
             # Not learned (phishing): the rule engine's own scores and logic decide.
             per_category[category] = view.hand_scores.get(category, 0.0)
             if per_category[category] >= rules.levels["low"]:
-                findings.extend(
-                    f for f in judged.new_verdict.findings if f.category == category
-                )
+                findings.extend(f for f in judged.new_verdict.findings if f.category == category)
             continue
         table = weights.features[category]
         values = view.values(category, rules.bulk_factor)
@@ -219,9 +224,8 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
                 parts.append(name[8:])
                 if best is None or score > best[0]:
                     best = (score, name[8:])
-        if best is not None and concept_sum > 0:
-            where, start, end = view.concepts[best[1]]
-            fld = judged.concept_fields[where]
+        if best is not None and concept_sum > 0 and total >= rules.levels["low"]:
+            where, evidence = judged.evidence(best[1])
             top = sorted(parts, key=lambda p: -table.get("concept:" + p, 0.0))[:3]
             shown.append(
                 Finding(
@@ -229,7 +233,7 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
                     category=category,
                     score=round(concept_sum, 2),
                     where=where,
-                    evidence=fld.evidence(start, end),
+                    evidence=evidence,
                     explanation=ADVICE[category],
                     description="What the message talks about: "
                     + "; ".join(_concept_title(p) for p in top),

@@ -83,15 +83,15 @@ class FeatureView:
     """What the learned combination looks at in one message (also what training reads).
 
     ``rules`` are rule/check ids that fired in the new text with their categories;
-    ``quoted_categories`` the categories of rules that fired only in quoted history or the
-    signature; ``concepts`` concept features with the (field, start, end) of their first
-    occurrence; ``context`` the context features that hold.
+    ``quoted_categories`` the categories of rules that fired in the quoted history or the
+    signature; ``concepts`` concept features with the (field, piece, start, end) of their
+    first occurrence in the engine's normalised fields; ``context`` the context features
+    that hold.
     """
 
     rules: dict[str, str] = field(default_factory=dict)
     quoted_categories: set[str] = field(default_factory=set)
-    signature_categories: set[str] = field(default_factory=set)
-    concepts: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    concepts: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
     context: set[str] = field(default_factory=set)
     hand_scores: dict[str, float] = field(default_factory=dict)  # the rule engine's own sums
 
@@ -105,6 +105,4 @@ class FeatureView:
         out.update((n, 1.0) for n in sorted(self.context))
         if category in self.quoted_categories:
             out["ctx:quoted_finding"] = 1.0
-        if category in self.signature_categories:
-            out["ctx:signature_finding"] = 1.0
         return out

@@ -56,6 +56,7 @@ _SENT_FROM = re.compile(
     r"von meinem .{1,30} gesendet|inviato da|отправлено с)",
     re.I,
 )
+_SENT_FIRST = frozenset("SsGgEeVvIiОо")
 # A closing line on its own: what follows it (a few short lines) is the signature.
 _CLOSING = re.compile(
     r"^\s*(?:best|best regards|kind regards|warm regards|regards|many thanks|thanks|thank you|"
@@ -80,10 +81,6 @@ class Segments:
     new: str
     quoted: str = ""
     signature: str = ""
-
-
-def _is_quote(line: str) -> bool:
-    return line.lstrip()[:1] == ">"
 
 
 def _history_starts(lines: list[str], i: int) -> bool:
@@ -129,16 +126,36 @@ def split(body: str) -> Segments:
         return Segments("")
     lines = body.splitlines()
     history_at = len(lines)
-    for i in range(len(lines)):
-        if _is_quote(lines[i]):
+    # Cheap per-line tests first (most lines are ordinary text): only a line that ends in
+    # a colon, is followed by one that does, holds a run of -, _ or =, or starts like a
+    # header can start the history.
+    colon = [line.rstrip()[-1:] in (":", "：") for line in lines]
+    colon.append(False)
+    for i, line in enumerate(lines):
+        first = line[:1]
+        if first == ">" or (first in (" ", "\t") and line.lstrip()[:1] == ">"):
+            continue
+        if not (
+            colon[i]
+            or colon[i + 1]
+            or "--" in line
+            or "__" in line
+            or "==" in line
+            or ":" in line[:16]
+        ):
             continue
         if _history_starts(lines, i):
             history_at = i
             break
-    head = lines[:history_at]
-    quoted = [ln for ln in head if _is_quote(ln)]
+    own: list[str] = []
+    quoted: list[str] = []
+    for line in lines[:history_at]:
+        first = line[:1]
+        if first == ">" or (first in (" ", "\t") and line.lstrip()[:1] == ">"):
+            quoted.append(line)
+        else:
+            own.append(line)
     quoted.extend(lines[history_at:])
-    own = [ln for ln in head if not _is_quote(ln)]
     signature: list[str] = []
     cut = _signature_start(own)
     if cut is not None:
@@ -155,7 +172,7 @@ def _signature_start(lines: list[str]) -> int | None:
     for i, line in enumerate(lines):
         if line[:2] == "--" and _SIG_DELIMITER.match(line):
             return i
-        if len(line) < 80 and _SENT_FROM.match(line):
+        if len(line) < 80 and line.lstrip()[:1] in _SENT_FIRST and _SENT_FROM.match(line):
             return i
     # A closing near the end followed by a short block of short lines.
     last = len(lines)

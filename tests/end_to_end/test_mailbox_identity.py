@@ -108,7 +108,6 @@ def test_another_user_under_the_same_account_is_another_mailbox(
     dovecot.save(b, SHARED)  # the same bytes in both: must not be "relocated" from A to B
     dovecot.save(b, ONLY_B)
     uv_a, uv_b = dovecot.uidvalidity(a), dovecot.uidvalidity(b)
-    port = dovecot.port
     mailbox_a, mailbox_b = f"{a}@127.0.0.1", f"{b}@127.0.0.1"
 
     config = write_config(tmp_path, dovecot, a, url)

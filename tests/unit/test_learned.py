@@ -29,7 +29,7 @@ def test_shipped_weights_name_only_existing_rules_concepts_and_context(rules):
     known_rules = {r.id for r in rules.text_rules} | set(rules.checks)
     assert set(weights.rules) <= known_rules
     concepts = set(builtin_concepts().names)
-    context = {*CONTEXT, "ctx:quoted_finding", "ctx:signature_finding"}
+    context = {*CONTEXT, "ctx:quoted_finding"}
     for category, table in weights.features.items():
         for name in table:
             if name.startswith("concept:"):
@@ -158,7 +158,8 @@ CLEAR_RISKY = [
     ),
     (
         "scam",
-        "We will mail you a check for $3,000: deposit it and send the rest to our equipment vendor.",
+        "We will mail you a check for $3,000: deposit it and send the rest to our "
+        "equipment vendor.",
     ),
     (
         "dispute",
@@ -168,7 +169,7 @@ CLEAR_RISKY = [
 CLEAR_HAM = [
     "The milestone is funded on Upwork. Please start with the homepage and send a draft by Friday.",
     "Thanks for the invoice, payment was released through the platform this morning.",
-    "Could you change the footer colour and the font size of the headings? Otherwise it looks great.",
+    "Could you change the footer colour and the heading font size? Otherwise it looks great.",
     "Nos vemos en la llamada del jueves por Upwork para revisar el diseño.",
 ]
 
