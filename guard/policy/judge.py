@@ -194,8 +194,7 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
         if category not in weights.features:
             # Not learned (phishing): the rule engine's own scores and logic decide.
             per_category[category] = view.hand_scores.get(category, 0.0)
-            if per_category[category] >= rules.levels["low"]:
-                findings.extend(f for f in judged.new_verdict.findings if f.category == category)
+            findings.extend(f for f in judged.new_verdict.findings if f.category == category)
             continue
         table = weights.features[category]
         values = view.values(category, rules.bulk_factor)
@@ -242,6 +241,9 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
         per_category[category] = total
         if total >= rules.levels["low"]:
             findings.extend(shown)
+        else:
+            # Listed, as the rule engine always did, but they do not make the category.
+            findings.extend(f for f in shown if not f.rule.startswith("concepts."))
     counting = [c for c in CATEGORIES if per_category[c] >= rules.levels["low"]]
     score = round(sum(per_category[c] for c in counting), 2)
     risk = "none"

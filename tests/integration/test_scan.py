@@ -121,12 +121,12 @@ def test_first_scan_labels_risky_demo_mail_and_nothing_else(
         2: {"$GuardHighRisk", "$GuardOffPlatformPayment"},
         3: {"$GuardHighRisk", "$GuardOffPlatformContact"},
         4: {"$GuardHighRisk", "$Phishing"},
-        5: {"$GuardMediumRisk", "$GuardDispute"},
+        5: {"$GuardHighRisk", "$GuardDispute"},
     }
     # The folder copies: one per message and label, visible to any client.
     boxes = mailbox.mailboxes()
     assert "Guard/High risk" in boxes and "Guard/Phishing" in boxes
-    assert len(mailbox.messages("Guard/High risk")) == 3
+    assert len(mailbox.messages("Guard/High risk")) == 4
     assert len(mailbox.messages("Guard/Dispute")) == 1
     assert len(mailbox.messages("INBOX")) == 6  # nothing moved or deleted
     # The store: one row per message, findings with evidence, a scan run.
@@ -469,7 +469,7 @@ def test_findings_lists_threads_riskiest_first(mailbox: MailAccount, tmp_path: P
     scan_json(config)
     proc = run_cli("findings", "--config", str(config), "--format", "json")
     threads = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [t["risk"] for t in threads] == ["high", "high", "high", "medium"]
+    assert [t["risk"] for t in threads] == ["high", "high", "high", "high"]
     assert all(t["messages"][0]["findings"] for t in threads)
     text = run_cli("findings", "--config", str(config)).stdout
     assert "4 thread(s) flagged" in text and "dispute.threat" in text
