@@ -162,23 +162,31 @@ def assert_quiet(proc: subprocess.CompletedProcess[str]) -> None:
 # --------------------------------------------------------------------------- poison in a batch
 
 
-@pytest.mark.parametrize("poison", sorted(POISONS))
-def test_a_poison_message_between_ordinary_ones_is_recorded_and_the_rest_judged(
-    poison: str, store_url: str, mailbox: MailAccount, tmp_path: Path
+def test_poison_messages_between_ordinary_ones_are_recorded_and_the_rest_judged(
+    store_url: str, mailbox: MailAccount, tmp_path: Path
 ) -> None:
-    before = [_ordinary(i) for i in range(3)]  # UIDs 1-3, 2 risky; the poison is UID 4
-    after = [_ordinary(i) for i in range(3, 7)]  # UIDs 5-8, 5 and 7 risky
-    mailbox.append_many([*before, POISONS[poison], *after])
+    """Every poison, each followed by ordinary mail, in one folder and one scan."""
+    messages = [_ordinary(i) for i in range(3)]  # UIDs 1-3, 2 risky
+    expected_risky = {2}
+    poison_uids = []
+    for k, name in enumerate(sorted(POISONS)):
+        messages.append(POISONS[name])
+        poison_uids.append(len(messages))
+        i = 3 + k
+        messages.append(_ordinary(i))
+        if i % 2 == 1:
+            expected_risky.add(len(messages))
+    mailbox.append_many(messages)
     config = write_config(tmp_path, mailbox, store_url)
     proc = run_scan(config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_quiet(proc)
-    assert recorded_uids(store_url) == list(range(1, 9))
-    # The messages after the poison were judged and their threads labelled on the server.
+    assert recorded_uids(store_url) == list(range(1, len(messages) + 1))
+    # The messages after each poison were judged and their threads labelled on the server.
     risky = {uid for (uid,) in rows(store_url, "select uid from message where risk = 'high'")}
-    assert risky == {2, 5, 7}, risky
+    assert risky == expected_risky, risky
     flags = mailbox.flags()
-    for uid in (2, 5, 7):
+    for uid in expected_risky:
         assert "$GuardOffPlatformPayment" in flags[uid], flags[uid]
     # Nothing the database refuses went in: no NUL, no lone surrogate, lengths kept.
     for name, sender, mid, subject in rows(
@@ -188,9 +196,10 @@ def test_a_poison_message_between_ordinary_ones_is_recorded_and_the_rest_judged(
             assert "\x00" not in value and "\x1b" not in value
             value.encode("utf-8")  # no lone surrogate
         assert max(len(name), len(sender), len(mid or "")) <= 998
-    # The poison's own row is there, once; a second scan finds nothing new.
-    (count,) = rows(store_url, "select count(*) from message where uid = 4")[0]
-    assert count == 1
+    # Each poison's own row is there, once; a second scan finds nothing new.
+    for uid in poison_uids:
+        (count,) = rows(store_url, "select count(*) from message where uid = :u", u=uid)[0]
+        assert count == 1, uid
     again = run_scan(config)
     assert again.returncode == 0 and json.loads(again.stdout)["fetched"] == 0, again.stderr
 
