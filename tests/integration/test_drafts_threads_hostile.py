@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from sqlmodel import select
+from support.configs import write_config
 from support.servers import Dovecot, MailAccount
 
 from guard import store as st
@@ -42,33 +43,6 @@ def raw_mail(headers: list[tuple[str, str]], body: str) -> bytes:
 
 def b_word(text: str) -> str:
     return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
-
-
-def write_config(
-    tmp: Path, acct: MailAccount, store_url: str | None = None, **sections: dict[str, Any]
-) -> Path:
-    pw = tmp / "imap-password"
-    pw.write_text(acct.password + "\n")
-    pw.chmod(0o600)
-    doc: dict[str, dict[str, Any]] = {
-        "imap": {
-            "host": "127.0.0.1",
-            "port": acct.port,
-            "tls": "starttls",
-            "username": acct.user,
-            "password_file": str(pw),
-            "ca_file": str(acct.ca_file),
-        },
-        "store": {"url": store_url or f"sqlite:///{tmp / 'guard.sqlite3'}"},
-        **sections,
-    }
-    lines: list[str] = []
-    for name, values in doc.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
-    path = tmp / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
+from support.configs import write_config as support_write_config
 from support.mail import PAYMENT_BODY, harmless, make
 from support.servers import Dovecot, MailAccount
 
@@ -101,24 +102,7 @@ def _ordinary(i: int) -> bytes:
 
 
 def write_config(tmp: Path, acct: MailAccount, url: str, **imap: Any) -> Path:
-    secret = tmp / "imap-password"
-    secret.write_text(acct.password + "\n")
-    secret.chmod(0o600)
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": acct.port,
-        "tls": "starttls",
-        "username": acct.user,
-        "password_file": str(secret),
-        "ca_file": str(acct.ca_file),
-        "batch_size": 25,
-        **imap,
-    }
-    lines = ["[imap]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
-    lines += ["[store]", f"url = {json.dumps(url)}"]
-    path = tmp / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return support_write_config(tmp, acct, url, imap={"batch_size": 25, **imap})
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.configs import write_config
 from support.mail import CONTACT_BODY, harmless, make, risky_payment
 from support.servers import MailAccount
 
@@ -28,31 +29,6 @@ from guard.store import Store
 
 DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
 CLI = [sys.executable, "-m", "guard"]
-
-
-def write_config(tmp: Path, acct: MailAccount, **sections: dict[str, Any]) -> Path:
-    pw = tmp / "imap-password"
-    pw.write_text(acct.password + "\n")
-    pw.chmod(0o600)
-    imap = {
-        "host": "127.0.0.1",
-        "port": acct.port,
-        "tls": "starttls",
-        "username": acct.user,
-        "password_file": str(pw),
-        "ca_file": str(acct.ca_file),
-    }
-    imap.update(sections.pop("imap", {}))
-    doc = {"imap": imap, "store": {"url": f"sqlite:///{tmp / 'guard.sqlite3'}"}}
-    doc.update(sections)
-    lines: list[str] = []
-    for name, values in doc.items():
-        lines.append(f"[{name}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {json.dumps(value)}")
-    path = tmp / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

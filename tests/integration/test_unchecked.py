@@ -10,7 +10,6 @@ until it is freed), never timed.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import weakref
 from datetime import timedelta
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlmodel import select
+from support.configs import write_config
 from support.mail import harmless, make, risky_payment
 from support.servers import MailAccount
 
@@ -36,29 +36,6 @@ PADDING = "Some ordinary project notes, nothing to worry about here at all.\n"
 def big_harmless(size: int, **kw: Any) -> tuple[bytes, str]:
     """A harmless message of about ``size`` bytes."""
     return make(body="Hello,\n" + PADDING * (size // len(PADDING)), **kw)
-
-
-def write_config(tmp: Path, acct: MailAccount, **sections: dict[str, Any]) -> Path:
-    pw = tmp / "imap-password"
-    pw.write_text(acct.password + "\n")
-    pw.chmod(0o600)
-    imap = {
-        "host": "127.0.0.1",
-        "port": acct.port,
-        "tls": "starttls",
-        "username": acct.user,
-        "password_file": str(pw),
-        "ca_file": str(acct.ca_file),
-        **sections.pop("imap", {}),
-    }
-    doc = {"imap": imap, "store": {"url": f"sqlite:///{tmp / 'guard.sqlite3'}"}, **sections}
-    lines: list[str] = []
-    for name, values in doc.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    path = tmp / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def run_scan(config_path: Path) -> ScanSummary:
