@@ -669,6 +669,11 @@ def _cancelled(rules: RuleSet, rule: TextRule, fld: _Field, span: tuple[int, int
     return False
 
 
+def html_says_more(text: str, html: str) -> bool:
+    """True when the HTML alternative's text is not just the plain part again."""
+    return bool(html.strip()) and html != text and html.split() != text.split()
+
+
 def _body_texts(msg: Message) -> list[str]:
     """The texts of the "body" field: the plain text and, when it says something else,
     the text of the HTML alternative too (a bland text/plain part must not hide a
@@ -676,9 +681,7 @@ def _body_texts(msg: Message) -> list[str]:
     text, html = msg.text, msg.html_text
     if not text.strip():
         return [html]
-    if not html.strip() or html == text or html.split() == text.split():
-        return [text]
-    return [text, html]
+    return [text, html] if html_says_more(text, html) else [text]
 
 
 def _field_texts(msg: Message) -> dict[str, str | list[str]]:

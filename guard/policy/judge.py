@@ -100,7 +100,7 @@ def segments(msg: Message) -> tuple[Segments, Segments]:
     quoted-looking text counts as new (only the signature is set apart)."""
     reply = is_reply(msg)
     text, html = msg.text, msg.html_text
-    if text.strip() and html.strip() and (html == text or html.split() == text.split()):
+    if text.strip() and not engine.html_says_more(text, html):
         html = ""  # the HTML alternative says nothing else: the engine reads only the plain
     return _split(text, reply), _split(html, reply)
 
