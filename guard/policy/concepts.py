@@ -4,8 +4,11 @@ A concept is a named list of terms in the rule language (see ``rules.toml``), fo
 ``pay_instrument`` (PayPal, a bank transfer, USDT, "the blue P app"), ``outside`` (directly,
 off the platform, "por fuera"), ``ask`` (send me, what's your, "пришлите"). Concepts come
 from ``concepts.toml`` and may use every lexicon list of the rules. A message's new text is
-normalised once, every concept is found with one RE2 set pass plus one search per concept
-that occurs, and each hit is placed in its sentence.
+normalised once and every concept is found with one RE2 set pass over it. Only when two
+concepts occur that can form a pair with a learned score is the text read again, window by
+window (a window is a sentence, or a piece of a long one), with the same set: the windows
+are what pairs are made of, and one set searched window by window costs far less than one
+search per concept (each concept's own automaton would be read from memory again).
 
 Categories are not decided here: the engine turns concepts that occur together in one
 sentence or two adjacent ones into features ("pay_instrument+outside"), whose weight per
@@ -15,16 +18,21 @@ category is learned from labelled mail (``weights.toml``, made by ``make train``
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any
 
 import re2
 
+from guard.policy.rx import spans
+
 _MARKS = (". ", "! ", "? ", "; ", "。", "！", "？", "；", "؟ ", " - ", " • ", " · ")
-# Concepts further apart than this many characters never pair, even in adjacent sentences.
-PAIR_SPAN = 320
-MAX_HITS_PER_CONCEPT = 8
+# A sentence longer than this is read as pieces of at most this many characters: concepts
+# pair within one window or two adjacent ones, so at most 2 * WINDOW characters apart.
+WINDOW = 240
+# A concept is placed in at most this many windows (bounds the pairing work on long mail).
+MAX_WINDOWS_PER_CONCEPT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +69,14 @@ class ConceptHit:
     concept: str
     start: int
     end: int
-    sentence: int
+    window: int  # index of the window (sentence or piece of one); -1: not placed
 
 
 def compile_concepts(doc: dict[str, Any], term: Any, origin: str = "concepts") -> ConceptSet:
     """Compile ``doc["concepts"]`` with ``term`` (the rule compiler's term translator)."""
     options = re2.Options()
     options.max_mem = 64 << 20
+    options.never_capture = True  # spans only: RE2 can answer with its DFAs alone
     concepts: list[Concept] = []
     atoms: list[Any] = []
     patterns: list[str] = []
@@ -107,9 +116,18 @@ def sentence_starts(norm: str) -> list[int]:
     return starts
 
 
-def find_concepts(cs: ConceptSet, norm: str, ascii: bytes | None = None) -> list[ConceptHit]:
+def find_concepts(
+    cs: ConceptSet,
+    norm: str,
+    ascii: bytes | None = None,
+    partners: Mapping[str, AbstractSet[str]] | None = None,
+) -> list[ConceptHit]:
     """Every concept hit in normalised text ``norm``, in text order. ``ascii`` is ``norm``
-    encoded when it is ASCII (searched as bytes: same offsets, no conversion)."""
+    encoded when it is ASCII (searched as bytes: same offsets, no conversion).
+
+    ``partners``, when given, says which pairs matter (those with a learned score): a
+    concept that forms none of them with another concept present is listed once without
+    a place (start and end -1), which saves looking for where it occurs."""
     if not norm or not cs.concepts:
         return []
     present = cs.atom_set.Match(ascii if ascii is not None else norm) or ()
@@ -118,28 +136,77 @@ def find_concepts(cs: ConceptSet, norm: str, ascii: bytes | None = None) -> list
     if len(present) == 1:
         # One concept alone: no pair to place, and a concept alone never carries a
         # category (its score is at most 0), so its position is not needed.
-        concept = cs.concepts[present[0]]
-        return [ConceptHit(concept.name, 0, 0, 0)]
-    starts = sentence_starts(norm)
-    hits: list[ConceptHit] = []
-    for index in present:
-        concept = cs.concepts[index]
-        count = 0
-        if ascii is not None:
-            found = cs.ascii_atom(concept.atom).finditer(ascii)
-        else:
-            found = cs.atoms[concept.atom].finditer(norm)
-        for m in found:
-            if m.end() == m.start():
+        return [ConceptHit(cs.concepts[present[0]].name, -1, -1, -1)]
+    placed = None
+    if partners is not None:
+        names = {cs.concepts[i].name for i in present}
+        placed = {n for n in names if not names.isdisjoint(partners.get(n, ()))}
+        if not placed:
+            return [ConceptHit(cs.concepts[i].name, -1, -1, -1) for i in present]
+    hits = [
+        ConceptHit(cs.concepts[i].name, -1, -1, -1)
+        for i in present
+        if placed is not None and cs.concepts[i].name not in placed
+    ]
+    data = ascii if ascii is not None else norm
+    match = cs.atom_set.Match
+    count: dict[str, int] = {}
+    for number, (start, end) in enumerate(windows(norm)):
+        for index in match(data[start:end]) or ():
+            name = cs.concepts[index].name
+            if placed is not None and name not in placed:
                 continue
-            hits.append(
-                ConceptHit(concept.name, m.start(), m.end(), bisect_right(starts, m.start()) - 1)
-            )
-            count += 1
-            if count >= MAX_HITS_PER_CONCEPT:
-                break
+            seen = count[name] = count.get(name, 0) + 1
+            if seen <= MAX_WINDOWS_PER_CONCEPT:
+                hits.append(ConceptHit(name, start, end, number))
+    # A term cut by a window's edge is in the text but in no window: still listed.
+    hits.extend(
+        ConceptHit(cs.concepts[i].name, -1, -1, -1)
+        for i in present
+        if cs.concepts[i].name not in count
+        and (placed is None or cs.concepts[i].name in placed)
+    )
     hits.sort(key=lambda h: (h.start, h.concept))
     return hits
+
+
+def windows(norm: str) -> list[tuple[int, int]]:
+    """The sentences of ``norm`` as (start, end), a sentence longer than WINDOW cut at
+    spaces into pieces of at most WINDOW characters (a run-on text without punctuation
+    still pairs only what is close)."""
+    out: list[tuple[int, int]] = []
+    starts = sentence_starts(norm)
+    starts.append(len(norm))
+    for start, end in zip(starts, starts[1:]):
+        while end - start > WINDOW:
+            cut = norm.rfind(" ", start + WINDOW // 2, start + WINDOW)
+            cut = start + WINDOW if cut < 0 else cut + 1
+            out.append((start, cut))
+            start = cut
+        if end > start:
+            out.append((start, end))
+    return out
+
+
+def locate(
+    cs: ConceptSet, feature: str, norm: str, ascii: bytes | None, where: tuple[int, int]
+) -> tuple[int, int]:
+    """The span of ``norm`` that shows ``feature`` (a concept, or two joined by "+"): from
+    the first term of the first concept to the end of the other's first term, searched
+    inside ``where`` (the windows the hits recorded; (-1, -1): the whole text)."""
+    lo, hi = where if where[0] >= 0 else (0, len(norm))
+    data = (ascii if ascii is not None else norm)[lo:hi]
+    found: list[tuple[int, int]] = []
+    by_name = {c.name: c for c in cs.concepts}
+    for name in feature.split("+"):
+        concept = by_name.get(name)
+        if concept is None:
+            continue
+        atom = cs.ascii_atom(concept.atom) if ascii is not None else cs.atoms[concept.atom]
+        found.extend(spans(atom, data, 1))
+    if not found:
+        return lo, hi
+    return lo + min(s for s, _ in found), lo + max(e for _, e in found)
 
 
 def pair_name(a: str, b: str) -> str:
@@ -148,21 +215,27 @@ def pair_name(a: str, b: str) -> str:
 
 def concept_pairs(hits: list[ConceptHit]) -> dict[str, tuple[int, int]]:
     """Features from hits: each concept alone, and each pair of different concepts that
-    occur in one sentence or two adjacent ones (at most PAIR_SPAN characters apart).
+    occur in one window or two adjacent ones (see :func:`windows`).
 
-    Returns feature name -> (start, end) of the first place it occurs (for the evidence).
+    ``hits`` must be in text order, as :func:`find_concepts` returns them. Returns feature
+    name -> (start, end) of the first place it occurs (for the evidence).
     """
     out: dict[str, tuple[int, int]] = {}
     for h in hits:
         out.setdefault(h.concept, (h.start, h.end))
-    for x, y in combinations(hits, 2):
-        if x.concept == y.concept or abs(x.sentence - y.sentence) > 1:
-            continue
-        if abs(y.start - x.start) > PAIR_SPAN:
-            continue
-        name = pair_name(x.concept, y.concept)
-        if name not in out:
-            out[name] = (min(x.start, y.start), max(x.end, y.end))
+    # Hits are in text order (and so in window order): the partners of a hit are the
+    # hits after it, up to the first one too far away.
+    for i, x in enumerate(hits):
+        if x.start < 0:
+            continue  # listed without a place: pairs with nothing
+        for y in hits[i + 1 :]:
+            if y.window - x.window > 1:
+                break
+            if x.concept == y.concept:
+                continue
+            name = pair_name(x.concept, y.concept)
+            if name not in out:
+                out[name] = (x.start, max(x.end, y.end))
     return out
 
 

@@ -32,6 +32,7 @@ from guard.policy.model import (
     unchecked_finding,
 )
 from guard.policy.normalize import collapsed_offsets, normalise_info, normalise_tracked
+from guard.policy.rx import spans as match_spans
 from guard.policy.structural import (
     Brand,
     Hit,
@@ -330,6 +331,7 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
     atom_index: dict[str, int] = {}
     options = re2.Options()
     options.max_mem = 64 << 20
+    options.never_capture = True  # spans only: RE2 can answer with its DFAs alone
 
     def atom(pattern: str, where: str) -> int:
         if pattern in atom_index:
@@ -499,15 +501,10 @@ class _Field:
     def positions(self, rules: RuleSet, atom: int) -> list[tuple[int, int]]:
         spans = self.spans.get(atom)
         if spans is None:
-            spans = []
             if self._ascii is not None:
-                found = rules.ascii_atom(atom).finditer(self._ascii)
+                spans = match_spans(rules.ascii_atom(atom), self._ascii, MAX_SPANS)
             else:
-                found = rules.atoms[atom].finditer(self.norm)
-            for m in found:
-                spans.append(m.span())
-                if len(spans) >= MAX_SPANS:
-                    break
+                spans = match_spans(rules.atoms[atom], self.norm, MAX_SPANS)
             self.spans[atom] = spans
         return spans
 
@@ -773,6 +770,39 @@ def evaluate(
             break
     findings.extend(_structural_findings(rules, msg, trusted))
     return _verdict(rules, findings, notes, unchecked)
+
+
+def text_categories(rules: RuleSet, text: str, trusted: bool = False) -> set[str]:
+    """The categories of the text rules that fire on ``text`` read as a body: what the
+    judge wants to know about quoted history and signatures. No structural checks, no
+    findings, no evidence (cheaper than :func:`evaluate`); ``trusted``: the sender is a
+    verified platform (rules marked ``trusted = "skip"`` do not run)."""
+    if not text or "body" not in rules.fields_used:
+        return set()
+    pieces = [text]
+    if len(text) > MAX_SCAN_CHARS:
+        half = MAX_SCAN_CHARS // 2
+        pieces = [text[:half], text[len(text) - half :]]
+    units = [_Field(piece, rules) for piece in pieces]
+    candidates: set[int] = set()
+    for unit in units:
+        for atom in unit.matched:
+            candidates.update(rules.by_atom.get(atom, ()))
+    anywhere = frozenset().union(*(unit.matched for unit in units))
+    found: set[str] = set()
+    for index in sorted(candidates):
+        rule = rules.text_rules[index]
+        if rule.category in found or rule.score <= 0 or "body" not in rule.fields:
+            continue
+        if (trusted and rule.trusted == "skip") or (
+            rule.requires and anywhere.isdisjoint(rule.requires)
+        ):
+            continue
+        for unit in units:
+            if rule.group_set <= unit.matched and _match_rule(rules, rule, unit) is not None:
+                found.add(rule.category)
+                break
+    return found
 
 
 def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Finding]:

@@ -21,6 +21,8 @@ Without a weights file the rule engine's own verdict on the new text is returned
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from functools import lru_cache
 
@@ -95,10 +97,10 @@ def _split(text: str, reply: bool) -> Segments:
     return Segments("\n".join(p for p in (parts.new, parts.quoted) if p), "", parts.signature)
 
 
-def segments(msg: Message) -> tuple[Segments, Segments]:
+def segments(msg: Message, reply: bool | None = None) -> tuple[Segments, Segments]:
     """The segments of the plain and the HTML text. In a message that is not a reply the
     quoted-looking text counts as new (only the signature is set apart)."""
-    reply = is_reply(msg)
+    reply = is_reply(msg) if reply is None else reply
     text, html = msg.text, msg.html_text
     if text.strip() and not engine.html_says_more(text, html):
         html = ""  # the HTML alternative says nothing else: the engine reads only the plain
@@ -125,12 +127,25 @@ class _Judged:
 
     def evidence(self, feature: str) -> tuple[str, str]:
         where, piece, start, end = self.view.concepts[feature]
-        return where, self.fields[where][piece].evidence(start, end)
+        fld = self.fields[where][piece]
+        # Hits record the sentences they occur in; the evidence shows the terms.
+        start, end = cn.locate(builtin_concepts(), feature, fld.norm, fld._ascii, (start, end))
+        return where, fld.evidence(start, end)
 
 
-def _judge(rules: engine.RuleSet, msg: Message, cs: cn.ConceptSet) -> _Judged:
-    plain, html = segments(msg)
-    new_msg = replace(msg, text=plain.new, html_text=html.new)
+def _judge(
+    rules: engine.RuleSet,
+    msg: Message,
+    cs: cn.ConceptSet,
+    partners: Mapping[str, AbstractSet[str]] | None = None,
+) -> _Judged:
+    """``partners``: which concept pairs have a learned score (None: every pair counts,
+    as training needs)."""
+    reply = is_reply(msg)
+    plain, html = segments(msg, reply)
+    new_msg = msg
+    if plain.new != msg.text or html.new != msg.html_text:
+        new_msg = replace(msg, text=plain.new, html_text=html.new)
     fields: dict[str, list[engine._Field]] = {}
     new_verdict = engine.evaluate(rules, new_msg, fields_out=fields)
     view = FeatureView(hand_scores=engine.category_sums(new_verdict.findings))
@@ -142,29 +157,23 @@ def _judge(rules: engine.RuleSet, msg: Message, cs: cn.ConceptSet) -> _Judged:
         view.context.add("ctx:quoted")
     if signature.strip():
         view.context.add("ctx:signature")
+    trusted = engine.is_trusted_platform_sender(rules.structural, msg)
     if quoted.strip() or signature.strip():
         # What the rules find in the history and the signature only counts as context.
-        side = engine.evaluate(
-            rules,
-            Message(
-                text=f"{quoted}\n{signature}",
-                from_=msg.from_,
-                list_id=msg.list_id,
-                precedence=msg.precedence,
-            ),
-        )
         view.quoted_categories.update(
-            f.category for f in side.findings if f.category in CATEGORIES and f.score > 0
+            c
+            for c in engine.text_categories(rules, f"{quoted}\n{signature}", trusted)
+            if c in CATEGORIES
         )
     if msg.is_bulk:
         view.context.add("ctx:bulk")
-    if is_reply(msg):
+    if reply:
         view.context.add("ctx:reply")
-    if engine.is_trusted_platform_sender(rules.structural, msg):
+    if trusted:
         view.context.add("ctx:platform_notice")
     for name in ("subject", "body"):
         for piece, fld in enumerate(fields.get(name, ())):
-            hits = cn.find_concepts(cs, fld.norm, fld._ascii)
+            hits = cn.find_concepts(cs, fld.norm, fld._ascii, partners)
             for feature, (start, end) in cn.concept_pairs(hits).items():
                 if feature not in view.concepts:
                     view.concepts[feature] = (name, piece, start, end)
@@ -186,64 +195,70 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
     if not weights.active:
         plain, html = segments(msg)
         return engine.evaluate(rules, replace(msg, text=plain.new, html_text=html.new))
-    judged = _judge(rules, msg, builtin_concepts())
+    judged = _judge(rules, msg, builtin_concepts(), weights.partners)
     view = judged.view
+    learned = [c for c in CATEGORIES if c in weights.features]
+    # Per category, in this order (as FeatureView.values lists them for training): the
+    # rules that fired, every concept feature, the context features, a quoted finding.
+    totals = dict.fromkeys(learned, 0.0)
+    shown: dict[str, list[Finding]] = {c: [] for c in learned}
+    text_scale = rules.bulk_factor if "ctx:bulk" in view.context else 1.0
+    for f in judged.new_verdict.findings:
+        if f.category not in totals or f.rule == UNCHECKED_RULE:
+            continue
+        score = rules_score(rules, weights, f) * text_scale
+        if score <= 0:
+            continue
+        totals[f.category] += score
+        shown[f.category].append(replace(f, score=round(score, 2), dampened=False, supporting=False))
+    concept_sum = dict.fromkeys(learned, 0.0)
+    parts: dict[str, list[tuple[float, str]]] = {c: [] for c in learned}
+    for name in view.concepts:
+        for category, weight in weights.by_feature.get("concept:" + name, ()):
+            score = weight * text_scale
+            totals[category] += score
+            if score > 0:
+                concept_sum[category] += score
+                parts[category].append((weight, name))
+    for name in sorted(view.context):
+        for category, weight in weights.by_feature.get(name, ()):
+            totals[category] += weight
+    for category in view.quoted_categories:
+        if category in totals:
+            totals[category] += weights.features[category].get("ctx:quoted_finding", 0.0)
     findings: list[Finding] = []
     per_category: dict[str, float] = {}
     for category in CATEGORIES:
-        if category not in weights.features:
+        if category not in totals:
             # Not learned (phishing): the rule engine's own scores and logic decide.
             per_category[category] = view.hand_scores.get(category, 0.0)
             findings.extend(f for f in judged.new_verdict.findings if f.category == category)
             continue
-        table = weights.features[category]
-        values = view.values(category, rules.bulk_factor)
-        total = 0.0
-        shown: list[Finding] = []
-        for f in judged.new_verdict.findings:
-            if f.category != category or f.rule == UNCHECKED_RULE:
-                continue
-            score = rules_score(rules, weights, f) * values.get(f"rule:{f.rule}", 1.0)
-            if score <= 0:
-                continue
-            total += score
-            shown.append(replace(f, score=round(score, 2), dampened=False, supporting=False))
-        best: tuple[float, str] | None = None
-        concept_sum = 0.0
-        parts: list[str] = []
-        for name, value in values.items():
-            if name.startswith("rule:"):
-                continue
-            score = table.get(name, 0.0) * value
-            if not score:
-                continue
-            total += score
-            if name.startswith("concept:") and score > 0:
-                concept_sum += score
-                parts.append(name[8:])
-                if best is None or score > best[0]:
-                    best = (score, name[8:])
-        if best is not None and concept_sum > 0 and total >= rules.levels["low"]:
-            where, evidence = judged.evidence(best[1])
-            top = sorted(parts, key=lambda p: -table.get("concept:" + p, 0.0))[:3]
-            shown.append(
+        total = per_category[category] = totals[category]
+        found = shown[category]
+        if total < rules.levels["low"]:
+            # Listed, as the rule engine always did, but they do not make the category.
+            findings.extend(found)
+            continue
+        findings.extend(found)
+        if concept_sum[category] > 0:
+            # The concept finding: its evidence is where the strongest feature occurs (the
+            # first of equals), its description the three strongest.
+            best = max(parts[category], key=lambda p: p[0])[1]
+            where, evidence = judged.evidence(best)
+            top = sorted(parts[category], key=lambda p: -p[0])[:3]
+            findings.append(
                 Finding(
                     rule=f"concepts.{category}",
                     category=category,
-                    score=round(concept_sum, 2),
+                    score=round(concept_sum[category], 2),
                     where=where,
                     evidence=evidence,
                     explanation=ADVICE[category],
                     description="What the message talks about: "
-                    + "; ".join(_concept_title(p) for p in top),
+                    + "; ".join(_concept_title(name) for _, name in top),
                 )
             )
-        per_category[category] = total
-        if total >= rules.levels["low"]:
-            findings.extend(shown)
-        else:
-            # Listed, as the rule engine always did, but they do not make the category.
-            findings.extend(f for f in shown if not f.rule.startswith("concepts."))
     counting = [c for c in CATEGORIES if per_category[c] >= rules.levels["low"]]
     score = round(sum(per_category[c] for c in counting), 2)
     risk = "none"

@@ -36,6 +36,31 @@ class Weights:
     rules: dict[str, float] = field(default_factory=dict)  # rule/check id -> score
     features: dict[str, dict[str, float]] = field(default_factory=dict)  # category -> name -> score
     source: str = "none"
+    # feature name -> ((category, score), ...) for every non-zero score: what scoring a
+    # message reads (one dictionary look-up per feature the message has).
+    by_feature: dict[str, tuple[tuple[str, float], ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    # concept -> the concepts it forms a pair with that has a non-zero score
+    partners: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[tuple[str, float]]] = {}
+        for category in CATEGORIES:
+            for name, score in self.features.get(category, {}).items():
+                if score and not name.startswith("rule:"):
+                    index.setdefault(name, []).append((category, score))
+        object.__setattr__(self, "by_feature", {k: tuple(v) for k, v in index.items()})
+        partners: dict[str, set[str]] = {}
+        for key in index:
+            if key.startswith("concept:") and "+" in key:
+                a, b = key.removeprefix("concept:").split("+", 1)
+                partners.setdefault(a, set()).add(b)
+                partners.setdefault(b, set()).add(a)
+        object.__setattr__(
+            self, "partners", {k: frozenset(v) for k, v in sorted(partners.items())}
+        )
 
     @property
     def active(self) -> bool:

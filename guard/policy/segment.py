@@ -149,12 +149,15 @@ def split(body: str) -> Segments:
             break
     own: list[str] = []
     quoted: list[str] = []
-    for line in lines[:history_at]:
-        first = line[:1]
-        if first == ">" or (first in (" ", "\t") and line.lstrip()[:1] == ">"):
-            quoted.append(line)
-        else:
-            own.append(line)
+    if ">" not in body:
+        own = lines[:history_at]  # no quote marks: one slice instead of a loop
+    else:
+        for line in lines[:history_at]:
+            first = line[:1]
+            if first == ">" or (first in (" ", "\t") and line.lstrip()[:1] == ">"):
+                quoted.append(line)
+            else:
+                own.append(line)
     quoted.extend(lines[history_at:])
     signature: list[str] = []
     cut = _signature_start(own)
