@@ -18,7 +18,7 @@ category is learned from labelled mail (``weights.toml``, made by ``make train``
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,16 +121,19 @@ def find_concepts(
     norm: str,
     ascii: bytes | None = None,
     partners: Mapping[str, AbstractSet[str]] | None = None,
+    present: Sequence[int] | None = None,
 ) -> list[ConceptHit]:
     """Every concept hit in normalised text ``norm``, in text order. ``ascii`` is ``norm``
     encoded when it is ASCII (searched as bytes: same offsets, no conversion).
 
     ``partners``, when given, says which pairs matter (those with a learned score): a
     concept that forms none of them with another concept present is listed once without
-    a place (start and end -1), which saves looking for where it occurs."""
+    a place (start and end -1), which saves looking for where it occurs. ``present``: the
+    concepts already known to occur in ``norm`` (the rule engine's set pass found them)."""
     if not norm or not cs.concepts:
         return []
-    present = cs.atom_set.Match(ascii if ascii is not None else norm) or ()
+    if present is None:
+        present = cs.atom_set.Match(ascii if ascii is not None else norm) or ()
     if not present:
         return []
     if len(present) == 1:

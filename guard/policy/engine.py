@@ -32,6 +32,7 @@ from guard.policy.model import (
     unchecked_finding,
 )
 from guard.policy.normalize import collapsed_offsets, normalise_info, normalise_tracked
+from guard.policy.concepts import ConceptSet, compile_concepts
 from guard.policy.rx import spans as match_spans
 from guard.policy.structural import (
     Brand,
@@ -109,6 +110,16 @@ class RuleSet:
     fields_used: frozenset[str] = frozenset()
     ascii_atoms: dict[int, Any] = field(default_factory=dict)
     user_scores: frozenset[str] = frozenset()  # ids whose score a user's [scores] table set
+    # The concepts (concepts.toml), compiled with this lexicon. Their patterns are also in
+    # ``atom_set`` from index ``concept_base`` on, so a field's one set pass tells which
+    # concepts it holds too.
+    concepts: ConceptSet | None = None
+    concept_base: int = -1
+
+    def concepts_in(self, matched: frozenset[int]) -> list[int]:
+        """The concepts (indices into ``concepts.concepts``) in a field's ``matched``."""
+        base = self.concept_base
+        return sorted(i - base for i in matched if i >= base) if base >= 0 else []
 
     def ascii_atom(self, atom: int) -> Any:
         """``atoms[atom]`` compiled for bytes, to search ASCII text encoded as bytes.
@@ -315,10 +326,13 @@ def load_rules(extra: Iterable[Path | str] = ()) -> RuleSet:
         path = Path(path)
         _merge(doc, _read_toml(path), str(path))
         sources.append(str(path))
-    return _compile(doc, tuple(sources))
+    concepts = resources.files("guard.policy").joinpath("concepts.toml").read_text(encoding="utf-8")
+    return _compile(doc, tuple(sources), _read_toml(None, concepts))
 
 
-def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
+def _compile(
+    doc: dict[str, Any], sources: tuple[str, ...], concept_doc: dict[str, Any] | None = None
+) -> RuleSet:
     levels = {name: _number(doc.get("levels", {}), name, "levels") for name in LEVELS[1:]}
     if not levels["low"] <= levels["medium"] <= levels["high"]:
         raise RulesError("levels: thresholds must satisfy low <= medium <= high")
@@ -423,6 +437,15 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
     atom_set = re2.Set.SearchSet(options)
     for pattern in atom_sources:
         atom_set.Add(pattern)
+    concepts = None
+    if concept_doc is not None:
+        lexicon = {**doc.get("lexicon", {}), **concept_doc.get("lexicon", {})}
+        try:
+            concepts = compile_concepts(concept_doc, _Compiler(lexicon, "concepts").term)
+        except ValueError as exc:
+            raise RulesError(str(exc)) from None
+        for pattern in concepts.patterns:
+            atom_set.Add(pattern)
     try:
         atom_set.Compile()
     except re2.error:
@@ -444,6 +467,8 @@ def _compile(doc: dict[str, Any], sources: tuple[str, ...]) -> RuleSet:
         structural=_structural(doc),
         sources=sources,
         user_scores=frozenset(scores),
+        concepts=concepts,
+        concept_base=len(atom_sources) if concepts is not None else -1,
     )
 
 

@@ -116,20 +116,25 @@ def _context_text(plain: Segments, html: Segments) -> tuple[str, str]:
 class _Judged:
     """Everything one message yields before the learned scores are applied."""
 
-    __slots__ = ("fields", "new_verdict", "view")
+    __slots__ = ("concepts", "fields", "new_verdict", "view")
 
     def __init__(
-        self, new_verdict: Verdict, view: FeatureView, fields: dict[str, list[engine._Field]]
+        self,
+        new_verdict: Verdict,
+        view: FeatureView,
+        fields: dict[str, list[engine._Field]],
+        concepts: cn.ConceptSet,
     ) -> None:
         self.new_verdict = new_verdict
         self.view = view
         self.fields = fields
+        self.concepts = concepts
 
     def evidence(self, feature: str) -> tuple[str, str]:
         where, piece, start, end = self.view.concepts[feature]
         fld = self.fields[where][piece]
         # Hits record the sentences they occur in; the evidence shows the terms.
-        start, end = cn.locate(builtin_concepts(), feature, fld.norm, fld._ascii, (start, end))
+        start, end = cn.locate(self.concepts, feature, fld.norm, fld._ascii, (start, end))
         return where, fld.evidence(start, end)
 
 
@@ -173,16 +178,17 @@ def _judge(
         view.context.add("ctx:platform_notice")
     for name in ("subject", "body"):
         for piece, fld in enumerate(fields.get(name, ())):
-            hits = cn.find_concepts(cs, fld.norm, fld._ascii, partners)
+            present = rules.concepts_in(fld.matched) if cs is rules.concepts else None
+            hits = cn.find_concepts(cs, fld.norm, fld._ascii, partners, present)
             for feature, (start, end) in cn.concept_pairs(hits).items():
                 if feature not in view.concepts:
                     view.concepts[feature] = (name, piece, start, end)
-    return _Judged(new_verdict, view, fields)
+    return _Judged(new_verdict, view, fields, cs)
 
 
 def feature_view(rules: engine.RuleSet, msg: Message) -> FeatureView:
     """The features of ``msg`` (what ``make train`` fits weights on)."""
-    return _judge(rules, msg, builtin_concepts()).view
+    return _judge(rules, msg, rules.concepts or builtin_concepts()).view
 
 
 def _concept_title(feature: str) -> str:
@@ -195,7 +201,7 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
     if not weights.active:
         plain, html = segments(msg)
         return engine.evaluate(rules, replace(msg, text=plain.new, html_text=html.new))
-    judged = _judge(rules, msg, builtin_concepts(), weights.partners)
+    judged = _judge(rules, msg, rules.concepts or builtin_concepts(), weights.partners)
     view = judged.view
     learned = [c for c in CATEGORIES if c in weights.features]
     # Per category, in this order (as FeatureView.values lists them for training): the
