@@ -51,6 +51,7 @@ HAM_WEIGHT = 2.0  # labelled ham of the writers (hard negatives among them)
 # quoted history and context shift a score but never carry it.
 BOUNDS = {"rule": (0.0, 10.0), "pair": (-5.0, 6.0), "single": (-3.0, 0.0), "ctx": (-5.0, 0.75)}
 MIN_SUPPORT = 2
+CONCEPT_PRIORS: dict[str, dict[str, float]] = {}
 PHISHING_CONCEPTS = False
 USE_HONEYPOT = False  # phishing keeps its hand-set structural scores (see LEARNED)
 # Phishing is decided by structural checks whose hand-set scores and "supporting" logic
@@ -182,7 +183,13 @@ def fit_category(
             else (PUBLIC_HAM_WEIGHT if ex.corpus.startswith("public/") else HAM_WEIGHT)
         )
     X = sparse.csr_matrix((data, cols, ptr), shape=(len(rows), len(names)))
-    prior = np.array([priors.get(n, 0.0) if _kind(n) == "rule" else 0.0 for n in names])
+    concept_priors = CONCEPT_PRIORS.get(category, {})
+    prior = np.array(
+        [
+            priors.get(n, 0.0) if _kind(n) == "rule" else concept_priors.get(n, 0.0)
+            for n in names
+        ]
+    )
     lam = np.array([PRIOR_RULE if _kind(n) == "rule" else PRIOR_OTHER for n in names])
     bounds = [BOUNDS[_kind(n)] for n in names]
     x0 = np.clip(prior, [b[0] for b in bounds], [b[1] for b in bounds])

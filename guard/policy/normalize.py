@@ -6,7 +6,8 @@ Applied once per field before any rule is matched:
 * zero-width, soft-hyphen, bidi-control, variation-selector and keycap characters removed;
 * Cyrillic/Greek look-alike letters folded to Latin inside words that mix scripts
   ("Tеlеgrаm" with Cyrillic е/а) or that consist only of look-alikes;
-* letters or digits split by spaces, dots or dashes joined ("s k y p e", "W.h.a.t.s.A.p.p");
+* letters or digits split by spaces, dots, dashes or brackets joined ("s k y p e",
+  "W.h.a.t.s.A.p.p", "[t][e][l][e]"), in any script ("т.е.л.е.г.р.а.м");
 * numbers written as words turned into digits ("six one seven five five five ...");
 * spelled-out e-mail addresses rebuilt ("john dot doe at gmail dot com", "john[at]x[dot]com");
 * whitespace and quote markers (``>``) collapsed so a phrase can span wrapped lines.
@@ -69,8 +70,12 @@ _CYR_GREEK = re.compile(r"[\u0370-\u03ff\u0400-\u052f\u0261]")
 _QUOTE_MARKS = re.compile(r"[>|](?<![^ ][>|])[>|]*(?: |$)")
 _TOKEN = re.compile(r"\S+")
 
-# Four or more single letters/digits separated by the same kind of filler.
-_SPLIT_LETTERS = re.compile(r"(?<![^\W_])(?:[^\W_][ .\-_*~|/\\]{1,3}){3,}[^\W_](?![^\W_])")
+# Four or more single letters/digits separated by the same filler each time ("s k y p e",
+# "W.h.a.t.s", "[t][e][l]", "(s)(k)(y)"); the same filler, so that a one-letter word before
+# a spaced-out one ("в т.е.л.е.г.р.а.м") stays a word of its own.
+_SPLIT_LETTERS = re.compile(
+    r"(?<![^\W_])[^\W_](?P<f>[ .\-_*~|/\\()\[\]{}]{1,3})(?:[^\W_](?P=f)){2,}[^\W_](?![^\W_])"
+)
 _SPLIT_FILLER = re.compile(r"[\W_]+")
 
 _NUMBER_WORDS = {
@@ -99,9 +104,13 @@ _DOT_WORD = (
 )
 _TLD = r"(?:com|net|org|io|info|biz|dev|app|ru|de|fr|br|uk|ca|au|nl|pl|mx|ar|example)"
 _SPELLED_PART = re.compile(r"[\[({<]|\s(?:dot|punto|ponto|точка)\s")
+# Mail providers whose name is often written with spaces inside ("g mail", "out look").
+_PROVIDERS = ("gmail", "hotmail", "outlook", "yahoo", "protonmail", "proton", "icloud", "yandex")
+_SPACED_PROVIDER = "|".join(r"\s?".join(name) for name in _PROVIDERS)
 _SPELLED_EMAIL = re.compile(
     rf"(?<![^\W_.])[a-z0-9_\-]{{1,40}}(?:\s?{_DOT_WORD}\s?[a-z0-9_\-]{{1,40}}){{0,4}}"
-    rf"\s?{_AT_WORD}\s?[a-z0-9\-]{{1,40}}(?:\s?{_DOT_WORD}\s?[a-z0-9\-]{{1,40}}){{0,3}}"
+    rf"\s?{_AT_WORD}\s?(?:{_SPACED_PROVIDER}|[a-z0-9\-]{{1,40}})"
+    rf"(?:\s?{_DOT_WORD}\s?[a-z0-9\-]{{1,40}}){{0,3}}"
     rf"\s?{_DOT_WORD}\s?{_TLD}(?![^\W_])"
 )
 _EMAIL_AT = re.compile(rf"\s?{_AT_WORD}\s?")
@@ -144,7 +153,8 @@ def _spelled_email(m: re.Match[str]) -> str:
     if len(pieces) != 2:
         return m.group()
     local, domain = pieces
-    address = _EMAIL_DOT.sub(".", local.strip()) + "@" + _EMAIL_DOT.sub(".", domain.strip())
+    domain = "".join(_EMAIL_DOT.sub(".", domain.strip()).split())  # "g mail" -> "gmail"
+    address = _EMAIL_DOT.sub(".", local.strip()) + "@" + domain
     return OBFUSCATION_MARK + address
 
 
@@ -158,13 +168,15 @@ _NUMBER_HINT = re2.compile(
     rf"(?:(?:{_NUMBER_WORD_RE}|\d)[\s,.\-]{{1,3}}){{6,}}(?:{_NUMBER_WORD_RE}|\d)"
 )
 _EMAIL_HINT = re2.compile(r"[\[({<]\s*(?:at|arroba|@)\s*[\])}>]|\s(?:dot|punto|ponto|точка)\s")
-_SPLIT_HINT = re2.compile(r"(?:[^\W_][ .\-_*~|/\\]{1,3}){3}[^\W_]")
-# On ASCII text, where RE2's ASCII-only classes agree with Python's, this matches exactly
-# when _SPLIT_LETTERS does (its lookarounds written as a consumed neighbour or an edge).
-# Most text passes _SPLIT_HINT (letters ending and starting words, "a b c d" inside
-# longer runs) but not this, and _SPLIT_LETTERS is a slow scan.
+# RE2's \w is ASCII only: letters of every script are \pL (dotted Cyrillic "т.е.л.е.г").
+_SPLIT_HINT = re2.compile(r"(?:[\pL\pN][ .\-_*~|/\\()\[\]{}]{1,3}){3}[\pL\pN]")
+# On ASCII text, where RE2's ASCII-only classes agree with Python's, this matches whenever
+# _SPLIT_LETTERS does (its lookarounds written as a consumed neighbour or an edge; only the
+# "same filler" condition, a backreference, is left out). Most text passes _SPLIT_HINT
+# (letters ending and starting words, "a b c d" inside longer runs) but not this, and
+# _SPLIT_LETTERS is a slow scan.
 _SPLIT_ASCII = re2.compile(
-    r"(?:^|[^0-9A-Za-z])[0-9A-Za-z](?:[ .\-_*~|/\\]{1,3}[0-9A-Za-z]){3,}(?:$|[^0-9A-Za-z])"
+    r"(?:^|[^0-9A-Za-z])[0-9A-Za-z](?:[ .\-_*~|/\\()\[\]{}]{1,3}[0-9A-Za-z]){3,}(?:$|[^0-9A-Za-z])"
 )
 
 Precheck = Callable[[str], bool] | None

@@ -38,6 +38,12 @@ CASES = [
     ("john dot doe at gmail dot com", OBFUSCATION_MARK + "john.doe@gmail.com"),
     ("john[at]gmail[dot]com", OBFUSCATION_MARK + "john@gmail.com"),
     (f"number 6{KEYCAP}1{KEYCAP}7{KEYCAP}5{KEYCAP}5{KEYCAP}5{KEYCAP}0{KEYCAP}", "6175550"),
+    ("пиши в т.е.л.е.г.р.а.м", "в телеграм"),  # dotted Cyrillic; the one-letter word stays
+    ("В-А-Й-Б-Е-Р лучше", "вайбер лучше"),
+    ("add me on [w][h][a][t][s][a][p][p]", "[whatsapp]"),
+    ("(s)(k)(y)(p)(e) tonight", "(skype) tonight"),
+    ("john dot doe at g mail dot com", OBFUSCATION_MARK + "john.doe@gmail.com"),
+    ("ana [at] out look [dot] com", OBFUSCATION_MARK + "ana@outlook.com"),
     ("> quoted\n> line wraps\n> here", "quoted line wraps here"),
     ("Plain ASCII Text", "plain ascii text"),
 ]
@@ -188,8 +194,13 @@ def test_quote_markers(text, expected):
         ("a b c de", False),  # the last one starts a word
         ("a b c", False),  # three are not enough
         ("plan a b c d", True),
+        ("[t][e][l][e]", True),
+        ("w h.a t", False),  # not the same filler each time (the precheck still looks)
+        ("a[i][j][k] = 0", False),  # code stays as it is
+        ("items (a) (b) (c) and (d)", False),
     ],
 )
-def test_split_letter_precheck_is_exact_on_ascii(text, joined):
-    assert _may_split(text) is joined
+def test_split_letter_precheck_never_misses_a_split(text, joined):
     assert (_SPLIT_LETTERS.sub(_join_split, text) != text) is joined
+    if joined:
+        assert _may_split(text)
