@@ -38,6 +38,7 @@ from guard.policy.structural import (
     Brand,
     Hit,
     StructuralData,
+    is_relayed_message,
     is_trusted_platform_sender,
     run_checks,
 )
@@ -718,12 +719,17 @@ def _field_texts(msg: Message) -> dict[str, str | list[str]]:
 
 
 def evaluate(
-    rules: RuleSet, msg: Message, fields_out: dict[str, list[_Field]] | None = None
+    rules: RuleSet,
+    msg: Message,
+    fields_out: dict[str, list[_Field]] | None = None,
+    relayed: bool = False,
 ) -> Verdict:
     """Run every rule and structural check on ``msg`` and sum the findings into a verdict.
 
     ``fields_out``, when given, receives the normalised fields (the concept layer reads the
-    same normalised text instead of normalising it again).
+    same normalised text instead of normalising it again). ``relayed``: the message is a
+    platform's notification carrying someone's words (see ``is_relayed_message``): every
+    text rule runs on them, while the structural checks still trust the platform.
     """
     notes: list[str] = []
     unchecked = list(msg.unchecked)
@@ -765,7 +771,7 @@ def evaluate(
     findings: list[Finding] = []
     for index in sorted(candidates):
         rule = rules.text_rules[index]
-        if trusted and rule.trusted == "skip":
+        if trusted and not relayed and rule.trusted == "skip":
             continue
         if rule.requires and anywhere.isdisjoint(rule.requires):
             continue

@@ -152,7 +152,8 @@ def _judge(
     if plain.new != msg.text or html.new != msg.html_text:
         new_msg = replace(msg, text=plain.new, html_text=html.new)
     fields: dict[str, list[engine._Field]] = {}
-    new_verdict = engine.evaluate(rules, new_msg, fields_out=fields)
+    relayed = engine.is_relayed_message(rules.structural, msg)
+    new_verdict = engine.evaluate(rules, new_msg, fields_out=fields, relayed=relayed)
     view = FeatureView(hand_scores=engine.category_sums(new_verdict.findings))
     for f in new_verdict.findings:
         if f.rule != UNCHECKED_RULE and f.category in CATEGORIES:
@@ -162,7 +163,8 @@ def _judge(
         view.context.add("ctx:quoted")
     if signature.strip():
         view.context.add("ctx:signature")
-    trusted = engine.is_trusted_platform_sender(rules.structural, msg)
+    # A relayed message is someone's words, not the platform's notice.
+    trusted = not relayed and engine.is_trusted_platform_sender(rules.structural, msg)
     if quoted.strip() or signature.strip():
         # What the rules find in the history and the signature only counts as context.
         view.quoted_categories.update(
@@ -176,6 +178,8 @@ def _judge(
         view.context.add("ctx:reply")
     if trusted:
         view.context.add("ctx:platform_notice")
+    if relayed:
+        view.context.add("ctx:relayed")
     for name in ("subject", "body"):
         for piece, fld in enumerate(fields.get(name, ())):
             present = rules.concepts_in(fld.matched) if cs is rules.concepts else None

@@ -9,7 +9,8 @@ Per category, a message's score is the sum of
   new text (a rule's hand-set score in ``rules.toml`` is the prior the fit starts from);
 - one score per concept feature found in the new text and the subject: a concept alone
   (``ask``) or two concepts in one sentence or adjacent ones (``ask+id_document``);
-- context: the message is bulk mail, a platform's verified notice, a reply; findings that
+- context: the message is bulk mail, a platform's verified notice (or one that relays
+  someone's message), a reply; findings that
   occur only in the quoted history or the signature.
 A category counts when its sum reaches ``levels.low`` (2.0), exactly where the fitted model
 gives the category even odds; the sum over counting categories gives the risk level.
@@ -26,7 +27,14 @@ from guard.policy.model import CATEGORIES
 
 # Context features (always present or absent as a whole); names are stable: they are the
 # keys in weights.toml.
-CONTEXT = ("ctx:bulk", "ctx:platform_notice", "ctx:reply", "ctx:quoted", "ctx:signature")
+CONTEXT = (
+    "ctx:bulk",
+    "ctx:platform_notice",
+    "ctx:relayed",
+    "ctx:reply",
+    "ctx:quoted",
+    "ctx:signature",
+)
 
 
 @dataclass(frozen=True, slots=True)

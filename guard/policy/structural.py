@@ -93,6 +93,28 @@ def is_trusted_platform_sender(data: StructuralData, msg: Message) -> bool:
     return msg.auth.dkim == "pass" and any(org_domain(d) == org for d in msg.auth.dkim_domains)
 
 
+# A platform's notification that carries someone's message ("New message from Owen P.",
+# "pixelmonk sent you a message"): the words under it are the client's, not the platform's.
+_RELAY = re.compile(
+    r"new message|sent you (?:a |an )?(?:new )?message|unread message|new reply|replied to you"
+    r"|nuevo mensaje|te (?:ha )?envi[oó] un mensaje|nova mensagem|enviou uma mensagem"
+    r"|nouveau message|vous a envoy[ée] un message|neue nachricht|hat (?:dir|ihnen) eine nachricht"
+    r"|nuovo messaggio|ti ha inviato un messaggio|nieuw bericht|новое сообщение"
+    r"|отправил(?:а)? вам сообщение|нове повідомлення|nowa wiadomo[śs][ćc]|yeni mesaj"
+    r"|pesan baru|tin nhắn mới|新消息|新留言|给你发了|رسالة جديدة",
+    re.IGNORECASE,
+)
+
+
+def is_relayed_message(data: StructuralData, msg: Message) -> bool:
+    """A platform's verified notification that relays a message someone wrote on it (the
+    subject or the first lines say so): its text is judged as that person's words."""
+    if not is_trusted_platform_sender(data, msg):
+        return False
+    head = (msg.text or msg.html_text)[:300]
+    return bool(_RELAY.search(msg.subject or "") or _RELAY.search(head))
+
+
 @functools.lru_cache(maxsize=1024)
 def _name_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])")
