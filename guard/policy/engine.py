@@ -671,11 +671,12 @@ def _match_rule(rules: RuleSet, rule: TextRule, fld: _Field) -> tuple[int, int] 
     return None
 
 
-# A cancelling phrase that is itself negated ("not through Upwork") does not cancel.
+# A cancelling phrase that is itself negated ("not through Upwork") does not cancel; a
+# clause mark in between ends the negation ("If not, reset your password").
 _NEGATED_BEFORE = re.compile(
     r"(?:\bnot|n't|\bnever|instead of|rather than|\bwithout|\bno|\bskip|\bavoid|\bbypass"
     r"|\bsem|\bsin|\bsans|\bohne|\bбез|\bмимо)"
-    r"\W{1,3}(?:\w+\W{1,3})?$"
+    r"[^\w,.;:!?]{1,3}(?:\w+[^\w,.;:!?]{1,3})?$"
 )
 
 

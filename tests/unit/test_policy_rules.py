@@ -295,6 +295,11 @@ POSITIVE = [
         mail("Fix it today or I will leave a bad review and open a dispute."),
         "bad review",
     ),
+    (
+        "dispute.threat",
+        mail("Refund me by Friday or I file a chargeback with my bank."),
+        "chargeback",
+    ),
     pytest.param(
         "dispute.threat",
         mail("Fix it today or I will leave you a one-star review."),
@@ -410,6 +415,13 @@ NEGATIVE = [
     ),
     ("personal_data.request", mail("Please don't send me your SSN, I don't need it.")),
     (
+        "personal_data.request",
+        mail(
+            "A new sign-in from Chrome on Linux. If this was you, ignore this email. "
+            "If not, reset your password from the account page."
+        ),
+    ),
+    (
         "personal_data.request-list",
         mail("I need the zip password to open the file you shared."),
     ),
@@ -472,6 +484,10 @@ NEGATIVE = [
         mail("I won't approve the milestone until the fixes are in, then it's all good."),
     ),
     ("dispute.threat", mail("I would never leave a bad review over a small delay.")),
+    (
+        "dispute.threat",
+        mail("Please translate our refund page: returns, exchanges and the chargeback section."),
+    ),
     ("dispute.scope-creep", mail("The extra pages will be billed as a new milestone.")),
     (
         "dispute.platform-notice",
