@@ -92,7 +92,10 @@ def compile_concepts(doc: dict[str, Any], term: Any, origin: str = "concepts") -
         concepts.append(Concept(name, str(raw.get("description", "")), len(atoms)))
         atoms.append(compiled)
         patterns.append(pattern)
-    atom_set = re2.Set.SearchSet(options)
+    set_options = re2.Options()
+    set_options.max_mem = 256 << 20  # room for its DFA (see engine.SET_MAX_MEM)
+    set_options.never_capture = True
+    atom_set = re2.Set.SearchSet(set_options)
     for pattern in patterns:
         atom_set.Add(pattern)
     if patterns:
