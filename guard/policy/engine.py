@@ -215,6 +215,11 @@ class _Compiler:
                 out.append(term[i : end + 1])  # a character class, as in RE2
                 i = end + 1
                 continue
+            if ch == " " and term[i + 1 : i + 2] == "?":
+                # "cash ?app": the separator is optional ("cashapp", "cash app", "cash-app")
+                out.append(f"(?:{_SEP})?")
+                i += 2
+                continue
             if ch == " ":
                 out.append(_SEP)
             elif ch == "*":
@@ -232,7 +237,8 @@ class _Compiler:
                 if word_char and (not prev or prev in " (|}"):
                     out.append(r"\b")
                 out.append(re2.escape(ch))
-                if word_char and (not nxt or nxt in " )|{"):
+                glued = term[i + 1 : i + 3] == " ?"  # an optional separator follows
+                if word_char and (not nxt or nxt in " )|{") and not glued:
                     out.append(r"\b")
             i += 1
         return "".join(out)

@@ -33,6 +33,22 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "UPI se bhej dunga.", "Kal design bhej dunga."),
         ("ar", "سأرسل المبلغ عبر تحويل بنكي", "سأرسل التصميم غدا"),
         ("zh", "我用支付宝付给你", "我明天发设计给你"),
+        (
+            "en",
+            "I can send it via Remitly or a cash pickup.",
+            "I can send it via the shared drive.",
+        ),
+        (
+            "nl",
+            "Ik kan het bedrag overmaken naar je bankrekening.",
+            "Ik kan het ontwerp morgen sturen.",
+        ),
+        (
+            "vi",
+            "Tôi sẽ chuyển khoản vào số tài khoản của bạn.",
+            "Tôi sẽ gửi thiết kế vào ngày mai.",
+        ),
+        ("hi", "यूपीआई से भुगतान करूंगा।", "कल डिज़ाइन भेजूंगा।"),
     ],
     "pay_action": [
         ("en", "I will pay you the rest on Friday.", "I will review the rest on Friday."),
@@ -48,6 +64,7 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("id", "Saya akan bayar besok.", "Saya akan cek besok."),
         ("ar", "سأدفع لك غدا", "سأراجع العمل غدا"),
         ("zh", "我明天付款", "我明天看看"),
+        ("en", "I will send you $500 tomorrow.", "I will send you the mockup tomorrow."),
     ],
     "outside": [
         ("en", "Let's handle the payment off the platform.", "Let's handle the payment next week."),
@@ -69,6 +86,18 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Platform ke bahar kaam karte hain.", "Kal kaam karte hain."),
         ("ar", "لنتعامل خارج المنصة", "لنتعامل الأسبوع القادم"),
         ("zh", "我们私下交易吧", "我们下周交易吧"),
+        ("nl", "Laten we buiten het platform afrekenen.", "Laten we volgende week afrekenen."),
+        ("vi", "Mình giao dịch riêng nhé.", "Mình giao bản thiết kế nhé."),
+        (
+            "en",
+            "Rather than going back and forth in the Fiverr chat, let's call.",
+            "Rather than going back and forth, let's decide today.",
+        ),
+        (
+            "en",
+            "We can move you to direct payroll next month.",
+            "We can move you to the new repo next month.",
+        ),
     ],
     "fee": [
         ("en", "They take a 20% commission.", "They take a short break."),
@@ -136,6 +165,11 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("id", "Tutup kontrak sekarang.", "Tutup jendela sekarang."),
         ("ar", "لنقم بإنهاء العقد الآن", "لنقم بإنهاء الاجتماع الآن"),
         ("zh", "我们提前结束合同吧", "我们提前结束会议吧"),
+        (
+            "en",
+            "I'll wind down the current Upwork contract this month.",
+            "I'll wind down for the holidays this month.",
+        ),
     ],
     "messenger": [
         ("en", "Message me on the green app.", "The button should be green."),
@@ -155,6 +189,12 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("id", "Chat wa saya ya.", "Chat besok ya."),
         ("ar", "راسلني على الواتساب", "راسلني غدا"),
         ("zh", "加我微信", "明天再说"),
+        (
+            "en",
+            "Message me on the app that starts with a W.",
+            "The name starts with a capital letter.",
+        ),
+        ("nl", "App me even als je klaar bent.", "Mail me even als je klaar bent."),
     ],
     "call": [
         ("en", "Give me a ring tonight.", "The ring light broke."),
@@ -214,6 +254,21 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Details bhej do.", "Details mil gaye."),
         ("ar", "أرسل لي التفاصيل", "التفاصيل عندي"),
         ("zh", "请把资料发给我", "资料我已经有了"),
+        ("de", "Dafür benötigen wir noch Ihre Unterlagen.", "Dafür haben wir noch Zeit."),
+        ("ru", "Просим прислать документы.", "Документы уже готовы."),
+        ("uk", "Просимо надіслати документи.", "Документи вже готові."),
+        ("hi", "कृपया दस्तावेज़ भेजें।", "दस्तावेज़ तैयार हैं।"),
+        ("vi", "Vui lòng gửi cho tôi tài liệu.", "Tài liệu đã sẵn sàng."),
+        ("nl", "Stuur me de documenten.", "De documenten zijn klaar."),
+        ("en", "Just reply with the details and a photo.", "Just reply when you have a moment."),
+        ("fr", "Peux-tu me donner ton adresse ?", "Peux-tu relire le texte ?"),
+        ("de", "Vorher hätte ich gerne noch Ihre Adresse.", "Vorher habe ich noch ein Meeting."),
+        ("it", "Mi lasci anche il tuo numero?", "Lavori anche il sabato?"),
+        ("pl", "Księgowa prosi o przesłanie danych.", "Księgowa wróci w poniedziałek."),
+        ("es", "¿Me puedes pasar tu dirección?", "¿Te gustó el diseño?"),
+        ("tr", "Adresinizi gönderebilir misiniz?", "Tasarım hoşunuza gitti mi?"),
+        ("ar", "يرجى إرسال البيانات المطلوبة", "البيانات جاهزة الآن"),
+        ("zh", "请提供您的地址", "您的设计很漂亮"),
     ],
     "your_contact": [
         ("en", "What is your personal email?", "What is the project deadline?"),
@@ -231,6 +286,9 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Aapka mobile number kya hai?", "Deadline kya hai?"),
         ("ar", "ما هو رقم هاتفك؟", "ما هو الموعد النهائي؟"),
         ("zh", "你的手机号是多少", "截止日期是什么时候"),
+        ("nl", "Wat is je telefoonnummer?", "Wat is de deadline?"),
+        ("vi", "Cho mình xin số điện thoại.", "Cho mình xin bản thiết kế."),
+        ("hi", "अपना मोबाइल नंबर भेजें।", "अपना डिज़ाइन भेजें।"),
     ],
     "id_document": [
         ("en", "Upload a scan of your passport.", "Upload the final logo."),
@@ -253,6 +311,34 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Aadhaar card bhejo.", "Logo file bhejo."),
         ("ar", "أرسل صورة جواز السفر", "أرسل صورة الشعار"),
         ("zh", "请发身份证照片", "请发标志照片"),
+        (
+            "en",
+            "Send a scan of your passport and proof of residence.",
+            "Send a scan of the signed contract.",
+        ),
+        ("es", "Necesito una copia de tu DNI.", "Necesito una copia del contrato."),
+        (
+            "pt",
+            "Mande uma foto do seu RG e comprovante de residência.",
+            "Mande uma foto do layout.",
+        ),
+        ("fr", "Envoyez un justificatif de domicile.", "Envoyez un justificatif de livraison."),
+        (
+            "de",
+            "Bitte eine Ausweiskopie und die Steuer-Identifikationsnummer.",
+            "Bitte eine Kopie der Rechnung.",
+        ),
+        ("it", "Serve un documento di riconoscimento.", "Serve un documento di progetto."),
+        ("ru", "Пришлите скан паспорта.", "Пришлите скан договора."),
+        ("uk", "Надішліть копію паспорта.", "Надішліть копію договору."),
+        ("pl", "Proszę o skan dowodu.", "Proszę o skan umowy."),
+        ("tr", "TC kimlik no ve ikametgah gerekli.", "Proje planı gerekli."),
+        ("id", "Kirim nomor KTP dan kartu tanda penduduk.", "Kirim nomor invoice."),
+        ("hi", "Aadhaar card number bhejo.", "Invoice number bhejo."),
+        ("ar", "أرسل صورة جواز السفر", "أرسل صورة التصميم"),
+        ("zh", "请发身份证正反面照片", "请发设计稿照片"),
+        ("vi", "Gửi ảnh căn cước và ngày sinh.", "Gửi ảnh thiết kế."),
+        ("nl", "Stuur een kopie van je paspoort.", "Stuur een kopie van het contract."),
     ],
     "credential": [
         ("en", "Tell me the 6-digit code you just got.", "The six pages are done."),
@@ -270,6 +356,49 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "OTP bata do.", "Time bata do."),
         ("ar", "أرسل لي رمز التحقق", "أرسل لي رأيك"),
         ("zh", "把验证码发给我", "把意见发给我"),
+        (
+            "en",
+            "Read me the three digits on the back of the card.",
+            "Read me the three items on the agenda.",
+        ),
+        (
+            "en",
+            "Send your backup codes and email password.",
+            "Send your backup files and email signature.",
+        ),
+        ("es", "Dime los tres dígitos del reverso.", "Dime los tres colores del logo."),
+        (
+            "pt",
+            "Me passa sua senha e o código de recuperação.",
+            "Me passa seu feedback e o código do projeto.",
+        ),
+        ("fr", "Donne-moi les trois chiffres au dos.", "Donne-moi les trois couleurs du logo."),
+        (
+            "de",
+            "Nennen Sie die drei Ziffern auf der Rückseite.",
+            "Nennen Sie die drei Farben des Logos.",
+        ),
+        ("it", "Dimmi le tre cifre sul retro.", "Dimmi i tre colori del logo."),
+        ("ru", "Продиктуйте код из смс и пароль от почты.", "Продиктуйте адрес офиса."),
+        ("uk", "Надішліть логін і пароль.", "Надішліть логотип і шрифт."),
+        ("pl", "Podaj login i hasło.", "Podaj logo i czcionkę."),
+        ("tr", "Kartın arkasındaki üç rakamı yazın.", "Logonun üç rengini yazın."),
+        ("id", "Kirim kode cadangan dan kata sandi.", "Kirim kode warna dan font."),
+        ("ar", "أرسل اسم المستخدم وكلمة المرور", "أرسل الشعار والخط"),
+        ("zh", "把支付密码告诉我", "把设计稿告诉我"),
+        ("vi", "Gửi mật khẩu và mã OTP cho tôi.", "Gửi logo và phông chữ cho tôi."),
+        ("nl", "Stuur je wachtwoord en inloggegevens.", "Stuur je ontwerp en logo."),
+        (
+            "en",
+            "Card 4111 1111 1111 1111, expires 09/27, code on the back 737.",
+            "Order 4111 ships on 09/27/2025.",
+        ),
+        ("es", "Confirma tus datos de acceso aquí.", "Confirma tus datos de facturación aquí."),
+        (
+            "de",
+            "Bitte bestätigen Sie Anmeldename und PIN.",
+            "Bitte bestätigen Sie Name und Adresse.",
+        ),
     ],
     "upfront_payment": [
         (
@@ -298,6 +427,61 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Pehle registration fee bharni hogi.", "Pehle registration form bharna hoga."),
         ("ar", "يجب دفع رسوم التسجيل", "يجب ملء نموذج التسجيل"),
         ("zh", "需要先交押金", "需要先填表"),
+        (
+            "en",
+            "There is a screening fee of $45 before the interview.",
+            "There is a screening of the film on Friday.",
+        ),
+        (
+            "en",
+            "The deposit is refunded with your first paycheck.",
+            "The report is attached to your first invoice email.",
+        ),
+        (
+            "es",
+            "Antes de empezar debes pagar la cuota de alta.",
+            "Antes de empezar debes leer el brief.",
+        ),
+        (
+            "pt",
+            "Será reembolsado junto com o primeiro salário, basta pagar a taxa de material.",
+            "O material será enviado junto com o contrato.",
+        ),
+        (
+            "fr",
+            "Avant de commencer il faut régler les frais d'accès.",
+            "Avant de commencer il faut lire le cahier des charges.",
+        ),
+        (
+            "de",
+            "Die Gebühr wird Ihnen vollständig erstattet.",
+            "Die Datei wird Ihnen morgen geschickt.",
+        ),
+        (
+            "it",
+            "È richiesta una cauzione prima di iniziare.",
+            "È richiesta una revisione prima di iniziare.",
+        ),
+        ("ru", "Нужно внести депозит и оплатить обучение.", "Нужно обновить макет и описание."),
+        ("uk", "Потрібно оплатити реєстрацію до початку.", "Потрібно оновити макет до початку."),
+        ("pl", "Najpierw wpłać opłatę za szkolenie.", "Najpierw przeczytaj opis projektu."),
+        (
+            "tr",
+            "Önce eğitim ücretini yatırmanız gerekiyor.",
+            "Önce tasarımı incelemeniz gerekiyor.",
+        ),
+        ("id", "Transfer biaya pendaftaran dulu ya.", "Kirim desain dulu ya."),
+        ("hi", "Registration fees jama karni hogi pehle.", "Design pehle share karna hoga."),
+        ("hi", "पहले रजिस्ट्रेशन फीस भरनी होगी।", "पहले डिज़ाइन भेजना होगा।"),
+        ("ar", "يجب دفع رسوم رمزية قبل البدء", "يجب مراجعة التصميم قبل البدء"),
+        ("zh", "需要先缴纳保证金才能开始", "需要先确认设计才能开始"),
+        ("vi", "Bạn cần đóng phí đăng ký trước.", "Bạn cần gửi bản thiết kế trước."),
+        ("nl", "Je moet eerst inschrijfgeld betalen.", "Je moet eerst het ontwerp sturen."),
+        (
+            "en",
+            "There is an upfront fee for the onboarding.",
+            "Upfront, I should say the plan changed.",
+        ),
     ],
     "equipment_vendor": [
         (
@@ -333,6 +517,43 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("id", "Beli peralatan dari vendor resmi kami.", "Halaman peralatan sudah siap."),
         ("ar", "اشتر المعدات من المورد المعتمد", "صفحة المنتجات جاهزة"),
         ("zh", "请从指定供应商购买设备", "设备页面已经做好"),
+        (
+            "en",
+            "Order the laptop from our approved vendor; the equipment will be reimbursed.",
+            "Order the prints from the local shop.",
+        ),
+        (
+            "es",
+            "Cómprala en la tienda autorizada y te reembolsaremos el costo.",
+            "Cómprala cuando tengas tiempo.",
+        ),
+        ("pt", "Compre na loja parceira, reembolsaremos o valor.", "Compre quando puder."),
+        (
+            "fr",
+            "Achetez chez notre revendeur agréé, le coût sera remboursé.",
+            "Achetez quand vous voulez.",
+        ),
+        (
+            "de",
+            "Kaufen beim autorisierten Händler, die Kosten werden erstattet.",
+            "Kaufen Sie, wann Sie möchten.",
+        ),
+        (
+            "it",
+            "Compra dal rivenditore autorizzato, il costo verrà rimborsato.",
+            "Compra quando vuoi.",
+        ),
+        (
+            "ru",
+            "Купите через нашего поставщика, расходы будут компенсированы.",
+            "Купите, когда будет удобно.",
+        ),
+        ("pl", "Kup u naszego dostawcy, koszty zostaną zwrócone.", "Kup, kiedy zechcesz."),
+        (
+            "nl",
+            "Koop bij onze erkende leverancier, de kosten worden vergoed.",
+            "Koop wanneer je wilt.",
+        ),
     ],
     "investment": [
         ("en", "You get 3% daily returns, guaranteed.", "You get three rounds of revisions."),
@@ -397,6 +618,39 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Aapka account rent pe chahiye.", "Aapki website update karni hai."),
         ("ar", "نريد استئجار حسابك", "نريد تحديث موقعك"),
         ("zh", "想租用你的账号", "想更新你的网站"),
+        ("en", "We buy established Fiverr seller accounts.", "We buy stock photos for the blog."),
+        (
+            "en",
+            "Install TeamViewer so we can work from your PC.",
+            "Install the plugin so we can test the form.",
+        ),
+        (
+            "es",
+            "Compramos cuentas verificadas de Upwork.",
+            "Compramos licencias de fuentes para el sitio.",
+        ),
+        (
+            "pt",
+            "Vamos trabalhar pela sua conta e dividir.",
+            "Vamos trabalhar pelo repositório principal.",
+        ),
+        ("fr", "Nous achetons des comptes vérifiés.", "Nous achetons des photos pour le site."),
+        ("de", "Wir kaufen verifizierte Konten.", "Wir kaufen Lizenzen für Schriften."),
+        ("it", "Compriamo account verificati.", "Compriamo licenze per i font."),
+        ("ru", "Покупаем ваш аккаунт на бирже.", "Покупаем шрифты для сайта."),
+        ("uk", "Купуємо ваш акаунт.", "Купуємо шрифти для сайту."),
+        ("pl", "Kupimy twoje konto.", "Kupimy licencje na czcionki."),
+        ("tr", "Hesabınızı satın alıyoruz.", "Fontları satın alıyoruz."),
+        ("id", "Kami beli akun terverifikasi.", "Kami beli lisensi font."),
+        ("ar", "نشتري حسابك على المنصة", "نشتري خطوطا للموقع"),
+        ("zh", "高价收购账号", "高价购买字体授权"),
+        ("vi", "Chúng tôi mua tài khoản của bạn.", "Chúng tôi mua phông chữ."),
+        ("nl", "Wij willen jouw account huren.", "Wij willen jouw ontwerp zien."),
+        (
+            "en",
+            "We will log into your account and bid for you.",
+            "Log in to the dashboard to see the stats.",
+        ),
     ],
     "cancel": [
         ("en", "I want to cancel the order.", "I want to change the colour."),
@@ -412,6 +666,8 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("id", "Saya mau membatalkan pesanan.", "Saya mau ganti warna."),
         ("ar", "أريد إلغاء الطلب", "أريد تغيير اللون"),
         ("zh", "我要取消订单", "我要换颜色"),
+        ("nl", "Ik wil de opdracht annuleren.", "Ik wil de opdracht afronden."),
+        ("vi", "Tôi muốn hủy đơn hàng.", "Tôi muốn xem đơn hàng."),
     ],
     "refund": [
         ("en", "I want my money back.", "I want my logo bigger."),
@@ -428,6 +684,11 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Mera paisa wapas karo.", "Logo bada karo."),
         ("ar", "أريد استرداد المبلغ", "أريد شعارا أكبر"),
         ("zh", "我要退款", "我要改颜色"),
+        ("en", "Give me back my deposit.", "Give me back the keys to the repo."),
+        ("nl", "Ik wil mijn geld terug.", "Ik wil mijn ontwerp terug."),
+        ("vi", "Tôi muốn hoàn tiền.", "Tôi muốn sửa thiết kế."),
+        ("en", "I want the $900 back for the first milestone.", "I want the header back to blue."),
+        ("de", "Ich will mein Geld zurück.", "Ich will mein Logo größer."),
     ],
     "non_payment": [
         ("en", "I won't pay for this.", "I will review this."),
@@ -444,6 +705,23 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Payment nahi karunga.", "Koi baat nahi."),
         ("ar", "لن أدفع لك", "لا مشكلة"),
         ("zh", "我不会付钱的，一分钱都不给", "没问题"),
+        (
+            "en",
+            "I am still waiting for my payment, it is 30 days overdue.",
+            "I am still waiting for the final copy.",
+        ),
+        ("es", "Sigo esperando mi pago.", "Sigo esperando tus comentarios."),
+        ("pt", "Ainda estou aguardando o pagamento.", "Ainda estou aguardando o briefing."),
+        ("fr", "J'attends toujours mon paiement.", "J'attends toujours vos retours."),
+        ("de", "Ich warte immer noch auf die Zahlung.", "Ich warte immer noch auf das Feedback."),
+        ("it", "Sto aspettando ancora il pagamento.", "Sto aspettando ancora il feedback."),
+        ("ru", "Оплата так и не пришла.", "Макет так и не обновился."),
+        ("uk", "Чекаю на оплату вже місяць.", "Чекаю на відгук вже тиждень."),
+        ("pl", "Czekam na płatność od miesiąca.", "Czekam na opinię od tygodnia."),
+        ("tr", "Ödeme hala gelmedi.", "Geri bildirim hala gelmedi."),
+        ("id", "Saya masih menunggu pembayaran.", "Saya masih menunggu revisi."),
+        ("vi", "Tôi chưa nhận được tiền.", "Tôi chưa nhận được bản thiết kế."),
+        ("nl", "Ik wacht nog steeds op mijn betaling.", "Ik wacht nog steeds op feedback."),
     ],
     "review_threat": [
         ("en", "Fix it or you get a 1-star review.", "Fix it before the 5-star launch."),
@@ -461,6 +739,22 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Bad review dunga.", "Link dunga."),
         ("ar", "سأترك تقييم سيء", "سأترك الرابط"),
         ("zh", "给你差评", "给你链接"),
+        (
+            "en",
+            "This will tank your ratings and I will report this to Upwork.",
+            "This will speed up the build.",
+        ),
+        ("es", "Voy a dejar una mala reseña.", "Voy a dejar una nota en el ticket."),
+        ("pt", "Vou deixar uma avaliação negativa.", "Vou deixar uma nota no ticket."),
+        ("fr", "Cela va nuire à votre réputation.", "Cela va améliorer la performance."),
+        ("de", "Das wird Ihrem Ruf schaden.", "Das wird die Seite beschleunigen."),
+        ("it", "Ti lascio una recensione negativa.", "Ti lascio una nota nel ticket."),
+        ("ru", "Поставлю вам одну звезду.", "Поставлю вам задачу в трекер."),
+        ("uk", "Поставлю вам одну зірку.", "Поставлю вам задачу в трекер."),
+        ("pl", "Wystawię ci jedną gwiazdkę.", "Wystawię ci fakturę jutro."),
+        ("zh", "不退款就给你差评", "明天给你设计稿"),
+        ("vi", "Tôi sẽ đánh giá 1 sao.", "Tôi sẽ gửi bản nháp."),
+        ("nl", "Ik geef een negatieve review.", "Ik geef morgen feedback."),
     ],
     "dispute_word": [
         ("en", "I will open a dispute.", "I will open the file."),
@@ -477,6 +771,14 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Vakeel se baat karunga.", "File kholunga."),
         ("ar", "سأفتح نزاع", "سأفتح الملف"),
         ("zh", "我要申请仲裁", "我要打开文件"),
+        ("nl", "Dan neem ik een advocaat.", "Dan neem ik een pauze."),
+        ("vi", "Tôi sẽ khiếu nại.", "Tôi sẽ gửi file."),
+        (
+            "en",
+            "I have raised the timesheet with my talent manager.",
+            "I have raised the budget question with my manager.",
+        ),
+        ("en", "I disagree on the hours you deducted.", "I agree on the hours for next week."),
     ],
     "negation": [
         ("en", "I can't do that.", "I can do that."),
@@ -568,6 +870,67 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("hi", "Daily task karo aur paise kamao, ghar baithe kamao.", "Task board ready hai."),
         ("ar", "مهام يومية مدفوعة", "المهام على اللوحة جاهزة"),
         ("zh", "点赞任务，日结佣金", "看板上的任务完成了"),
+        (
+            "en",
+            "Earn money by liking videos from your phone.",
+            "Thanks for liking the first draft.",
+        ),
+        (
+            "en",
+            "You only need a smartphone and get paid daily.",
+            "You only need a browser to view the staging site.",
+        ),
+        (
+            "es",
+            "Gana dinero desde casa con tareas de valoración.",
+            "Gana tiempo con una buena estructura de carpetas.",
+        ),
+        (
+            "pt",
+            "Ganhe dinheiro avaliando produtos, pagamento diário.",
+            "Ganhe tempo revisando o layout antes.",
+        ),
+        (
+            "fr",
+            "Gagnez de l'argent depuis chez vous, paiement quotidien.",
+            "Gagnez du temps avec ce modèle.",
+        ),
+        (
+            "de",
+            "Verdienen Sie Geld mit Bewertungsaufgaben, tägliche Auszahlung.",
+            "Verdienen Sie Vertrauen mit sauberem Code.",
+        ),
+        (
+            "it",
+            "Guadagna soldi da casa, pagamento giornaliero.",
+            "Guadagna tempo con il nuovo modello.",
+        ),
+        ("ru", "Заработок на лайках, ежедневные выплаты.", "Работа над макетом идёт по плану."),
+        ("uk", "Заробіток на відгуках, щоденні виплати.", "Робота над макетом йде за планом."),
+        (
+            "pl",
+            "Zarabiaj na ocenach produktów, codzienne wypłaty.",
+            "Pracujemy nad oceną projektu.",
+        ),
+        (
+            "tr",
+            "Telefondan para kazanın, beğeni görevi var.",
+            "Telefondan tasarıma bakabilirsiniz.",
+        ),
+        (
+            "id",
+            "Dapatkan komisi dari tugas like setiap hari.",
+            "Dapatkan file desain di folder ini.",
+        ),
+        ("hi", "Ghar baithe kamai karo, rating karke paise kamao.", "Ghar pe design dekh lena."),
+        ("ar", "اربح المال من مهام تقييم المنتجات", "راجع تصميم المنتجات"),
+        ("zh", "手机兼职做任务赚佣金", "手机版页面需要调整"),
+        ("vi", "Làm nhiệm vụ nhận hoa hồng mỗi ngày.", "Gửi thiết kế cho tôi mỗi tuần."),
+        (
+            "nl",
+            "Bijverdienen met thuiswerk, dagelijkse uitbetaling.",
+            "Het ontwerp is bijna klaar.",
+        ),
     ],
     "verify_account": [
         (
@@ -587,6 +950,26 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("id", "Akun anda diblokir.", "Desain anda disetujui."),
         ("ar", "تم تعليق حسابك", "تمت الموافقة على التصميم"),
         ("zh", "您的账户已被冻结", "您的设计已通过"),
+        (
+            "en",
+            "Re-verify your receiving bank account to release the funds.",
+            "Re-check the receiving section of the page.",
+        ),
+        (
+            "es",
+            "Tu pago ha quedado retenido por seguridad.",
+            "Tu pedido ha quedado listo para enviar.",
+        ),
+        (
+            "pt",
+            "Confirme os dados da sua conta para liberar.",
+            "Confirme o layout da página para liberar.",
+        ),
+        (
+            "fr",
+            "Confirmez vos informations bancaires sous 48 heures.",
+            "Confirmez vos disponibilités sous 48 heures.",
+        ),
     ],
     "third_party": [
         ("en", "Please send the rest to my agent instead.", "Please send the rest of the files."),
@@ -607,6 +990,26 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("id", "Transfer ke rekening teman saya.", "Terjemahkan teksnya."),
         ("ar", "حول المبلغ إلى شريكي", "ترجم النص"),
         ("zh", "请转到我朋友的账户，第三方代收", "请翻译文本"),
+        (
+            "en",
+            "Keep 10% for yourself and forward the rest to my partner.",
+            "Keep the header and move the rest below.",
+        ),
+        ("es", "Te quedas con el 10% y reenvía el resto.", "Te quedas con la versión final."),
+        ("pt", "Você fica com 10% e repasse o restante.", "Você fica com a versão final."),
+        ("fr", "Vous gardez 10 % et reversez le reste.", "Vous gardez la version finale."),
+        ("de", "Sie behalten 10 % und leiten den Rest weiter.", "Sie behalten die finale Version."),
+        ("it", "Trattieni il 10% e inoltra il resto.", "Tieni la versione finale."),
+        ("ru", "Оставляете себе 10%, остальное переведите.", "Оставляете финальную версию."),
+        ("uk", "Залишаєте собі 10%, решту перекажіть.", "Залишаєте фінальну версію."),
+        ("pl", "Zatrzymujesz 10%, resztę przelej dalej.", "Zatrzymujesz wersję końcową."),
+        (
+            "tr",
+            "Yüzde 10 sizde kalsın, kalanını havale edin. %10 sizde kalır.",
+            "Son sürüm sizde kalsın.",
+        ),
+        ("id", "Kamu ambil 10 persen, sisanya transfer ke saya.", "Kamu ambil versi terakhir."),
+        ("nl", "Je houdt 10% en de rest doorsturen.", "Je houdt de laatste versie."),
     ],
     "free_work": [
         ("en", "Add the mobile app too, for free.", "Add the mobile app to the quote."),
@@ -643,6 +1046,60 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
         ("ar", "تم التسليم، يرجى تحرير الدفعة", "سأبدأ يوم الاثنين"),
         ("zh", "已交付，请放款", "周一开始"),
     ],
+    "run_code": [
+        (
+            "en",
+            "Please install our meeting client and allow all permissions.",
+            "Please join the meeting with the usual link.",
+        ),
+        (
+            "en",
+            "Open the terminal and paste the command from the error screen.",
+            "Open the brief and paste the copy into the hero section.",
+        ),
+        (
+            "en",
+            "Run it on your main machine rather than a VM.",
+            "Run it on the staging server first.",
+        ),
+        (
+            "es",
+            "Si Windows avisa, hay que ejecutar de todos modos y desactivar el antivirus.",
+            "Si Windows avisa, avísame.",
+        ),
+        (
+            "pt",
+            "Desative o antivírus e execute mesmo assim.",
+            "Revise o layout e envie mesmo assim.",
+        ),
+        (
+            "fr",
+            "Désactivez votre antivirus puis exécuter quand même.",
+            "Relisez le devis puis envoyez-le.",
+        ),
+        ("de", "Klicken Sie auf trotzdem ausführen.", "Klicken Sie auf Speichern."),
+        (
+            "it",
+            "Disattiva l'antivirus ed esegui comunque.",
+            "Controlla il layout e invia comunque.",
+        ),
+        ("ru", "Отключите антивирус и запустите установщик.", "Проверьте макет и отправьте его."),
+        ("uk", "Вимкніть антивірус і запустіть інсталятор.", "Перевірте макет і надішліть його."),
+        ("pl", "Wyłącz antywirus i uruchom instalator.", "Sprawdź makietę i wyślij ją."),
+        (
+            "tr",
+            "Antivirüsü kapatın ve yine de çalıştır seçin.",
+            "Tasarımı kontrol edin ve gönderin.",
+        ),
+        ("id", "Matikan antivirus lalu tetap jalankan.", "Cek desain lalu kirim."),
+        ("ar", "عطل برنامج مكافحة الفيروسات قبل المقابلة", "راجع التصميم قبل المقابلة"),
+        ("zh", "面试前请关闭杀毒软件并安装会议软件", "面试前请看一下设计稿"),
+        (
+            "nl",
+            "Schakel je virusscanner uit voor het gesprek.",
+            "Bekijk het ontwerp voor het gesprek.",
+        ),
+    ],
 }
 
 PARAMS = [
@@ -676,7 +1133,7 @@ def test_every_concept_has_cases_in_six_languages(concepts):
 
 
 def test_file_compiles_with_descriptions(concepts):
-    assert len(concepts.concepts) == 35
+    assert len(concepts.concepts) == 36
     assert all(c.description for c in concepts.concepts)
 
 

@@ -11,12 +11,13 @@ import tomllib
 from importlib import resources
 
 import pytest
+import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard.message import Address, Attachment, AuthResults, Message
 from guard.policy import evaluate, load_rules
-from guard.policy.engine import _distance, _nearest, _within
+from guard.policy.engine import _Compiler, _distance, _nearest, _within
 from guard.policy.engine import evaluate as evaluate_rules
 
 CLIENT = Address("Dana Whitfield", "dana@whitfield-studio.example")
@@ -598,3 +599,19 @@ def test_rule_far_into_a_long_body_fires_with_evidence(rules):
     found = [f for f in verdict.findings if f.category == "off_platform_payment"]
     assert found
     assert "PayPal" in found[0].evidence
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("pay me with cashapp", True),
+        ("pay me with cash app", True),
+        ("pay me with cash-app", True),
+        ("the cashapplication form", False),
+        ("cash and apples", False),
+    ],
+)
+def test_optional_separator_matches_the_glued_word(text, found):
+    pattern = _Compiler({}, "test").term_body("cash ?app")
+    assert (re2.search(pattern, text) is not None) is found
+
