@@ -185,10 +185,7 @@ def fit_category(
     X = sparse.csr_matrix((data, cols, ptr), shape=(len(rows), len(names)))
     concept_priors = CONCEPT_PRIORS.get(category, {})
     prior = np.array(
-        [
-            priors.get(n, 0.0) if _kind(n) == "rule" else concept_priors.get(n, 0.0)
-            for n in names
-        ]
+        [priors.get(n, 0.0) if _kind(n) == "rule" else concept_priors.get(n, 0.0) for n in names]
     )
     lam = np.array([PRIOR_RULE if _kind(n) == "rule" else PRIOR_OTHER for n in names])
     bounds = [BOUNDS[_kind(n)] for n in names]

@@ -17,10 +17,10 @@ category is learned from labelled mail (``weights.toml``, made by ``make train``
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import re2
@@ -169,8 +169,7 @@ def find_concepts(
     hits.extend(
         ConceptHit(cs.concepts[i].name, -1, -1, -1)
         for i in present
-        if cs.concepts[i].name not in count
-        and (placed is None or cs.concepts[i].name in placed)
+        if cs.concepts[i].name not in count and (placed is None or cs.concepts[i].name in placed)
     )
     hits.sort(key=lambda h: (h.start, h.concept))
     return hits
@@ -183,7 +182,7 @@ def windows(norm: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     starts = sentence_starts(norm)
     starts.append(len(norm))
-    for start, end in zip(starts, starts[1:]):
+    for start, end in pairwise(starts):
         while end - start > WINDOW:
             cut = norm.rfind(" ", start + WINDOW // 2, start + WINDOW)
             cut = start + WINDOW if cut < 0 else cut + 1

@@ -22,6 +22,7 @@ from typing import Any
 import re2
 
 from guard.message import Message
+from guard.policy.concepts import ConceptSet, compile_concepts
 from guard.policy.model import (
     CATEGORIES,
     LEVELS,
@@ -32,13 +33,11 @@ from guard.policy.model import (
     unchecked_finding,
 )
 from guard.policy.normalize import collapsed_offsets, normalise_info, normalise_tracked
-from guard.policy.concepts import ConceptSet, compile_concepts
 from guard.policy.rx import spans as match_spans
 from guard.policy.structural import (
     Brand,
     Hit,
     StructuralData,
-    is_relayed_message,
     is_trusted_platform_sender,
     run_checks,
 )

@@ -32,6 +32,7 @@ from guard.policy import engine
 from guard.policy.learned import FeatureView, Weights, load_weights
 from guard.policy.model import CATEGORIES, UNCHECKED_RULE, Finding, Verdict
 from guard.policy.segment import Segments, split
+from guard.policy.structural import is_relayed_message
 
 _REPLY_SUBJECT = re.compile(
     r"^\s*(?:re|aw|sv|vs|ref|rif|res|odp|yn|tr|fw|fwd|wg|rv|enc|ответ|от|回复|答复)\s*(?:\[\d+\])?\s*[:：]",
@@ -152,7 +153,7 @@ def _judge(
     if plain.new != msg.text or html.new != msg.html_text:
         new_msg = replace(msg, text=plain.new, html_text=html.new)
     fields: dict[str, list[engine._Field]] = {}
-    relayed = engine.is_relayed_message(rules.structural, msg)
+    relayed = is_relayed_message(rules.structural, msg)
     new_verdict = engine.evaluate(rules, new_msg, fields_out=fields, relayed=relayed)
     view = FeatureView(hand_scores=engine.category_sums(new_verdict.findings))
     for f in new_verdict.findings:
@@ -220,7 +221,9 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
         if score <= 0:
             continue
         totals[f.category] += score
-        shown[f.category].append(replace(f, score=round(score, 2), dampened=False, supporting=False))
+        shown[f.category].append(
+            replace(f, score=round(score, 2), dampened=False, supporting=False)
+        )
     concept_sum = dict.fromkeys(learned, 0.0)
     parts: dict[str, list[tuple[float, str]]] = {c: [] for c in learned}
     for name in view.concepts:

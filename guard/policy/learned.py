@@ -66,9 +66,7 @@ class Weights:
                 a, b = key.removeprefix("concept:").split("+", 1)
                 partners.setdefault(a, set()).add(b)
                 partners.setdefault(b, set()).add(a)
-        object.__setattr__(
-            self, "partners", {k: frozenset(v) for k, v in sorted(partners.items())}
-        )
+        object.__setattr__(self, "partners", {k: frozenset(v) for k, v in sorted(partners.items())})
 
     @property
     def active(self) -> bool:

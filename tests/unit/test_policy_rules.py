@@ -614,4 +614,3 @@ def test_rule_far_into_a_long_body_fires_with_evidence(rules):
 def test_optional_separator_matches_the_glued_word(text, found):
     pattern = _Compiler({}, "test").term_body("cash ?app")
     assert (re2.search(pattern, text) is not None) is found
-

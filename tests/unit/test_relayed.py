@@ -16,7 +16,7 @@ FAIL = AuthResults(spf="fail", dkim="fail", dmarc="fail")
 UPWORK = Address("Upwork", "donotreply@upwork.com")
 
 ASK = (
-    "You have unread messages about the job \"Booking widget\"\n\n"
+    'You have unread messages about the job "Booking widget"\n\n'
     "Marta K.\n"
     "  Quick idea before we start: let's settle this outside Upwork. I will send the money "
     "straight to your PayPal, so neither of us pays the 10% fee.\n\n"
@@ -62,7 +62,7 @@ def test_a_relay_that_fails_authentication_is_not_a_platform_relay(rules):
 def test_a_platform_notice_of_its_own_is_not_a_relay(rules):
     msg = _msg(
         "Your contract has ended",
-        "Your contract \"Booking widget\" with Marta K. has ended. You can leave feedback "
+        'Your contract "Booking widget" with Marta K. has ended. You can leave feedback '
         "within 14 days. Keep communication and payments on Upwork.",
     )
     assert not is_relayed_message(rules.structural, msg)
