@@ -39,28 +39,49 @@ MAX_WINDOWS_PER_CONCEPT = 32
 class Concept:
     name: str
     description: str
-    atom: int  # index in ConceptSet.atoms
+    atom: int  # index in ConceptSet.patterns
+
+
+def _options(max_mem: int) -> Any:
+    options = re2.Options()
+    options.max_mem = max_mem
+    options.never_capture = True  # spans only: RE2 can answer with its DFAs alone
+    return options
 
 
 @dataclass(slots=True)
 class ConceptSet:
+    """Compiled concepts. ``atom_set`` is an RE2 set in which concept ``i`` is pattern
+    ``base + i``: the concepts' own set (base 0), or the rule engine's set of every rule
+    atom and concept (``load_rules``), so that one pass over a field answers both. Each
+    concept's own pattern (needed only to show evidence) is compiled on first use."""
+
     concepts: tuple[Concept, ...]
-    atoms: list[Any]
-    atom_set: Any  # re2 Set over every concept's pattern, in the order of ``concepts``
-    patterns: list[str] = field(default_factory=list)
-    ascii_atoms: dict[int, Any] = field(default_factory=dict)
+    patterns: list[str]
+    atom_set: Any = None
+    base: int = 0
+    compiled: dict[tuple[int, bool], Any] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.concepts)
 
-    def ascii_atom(self, atom: int) -> Any:
-        """The concept's pattern compiled for bytes: ASCII text is searched as bytes, whose
-        offsets need no conversion back to characters (as in the rule engine)."""
-        compiled = self.ascii_atoms.get(atom)
+    def match(self, data: bytes | str) -> list[int]:
+        """The concepts (indices into ``concepts``) that occur in ``data``."""
+        base = self.base
+        found = self.atom_set.Match(data) or ()
+        return [i - base for i in found if i >= base] if base else list(found)
+
+    def atom(self, index: int, ascii: bool) -> Any:
+        """Concept ``index``'s pattern, compiled for bytes when ``ascii`` (ASCII text is
+        searched as bytes, whose offsets need no conversion back to characters)."""
+        compiled = self.compiled.get((index, ascii))
         if compiled is None:
-            compiled = re2.compile(self.patterns[atom].encode("utf-8"), self.atoms[atom].options)
-            self.ascii_atoms[atom] = compiled
+            pattern = self.patterns[index]
+            compiled = re2.compile(
+                pattern.encode("utf-8") if ascii else pattern, _options(64 << 20)
+            )
+            self.compiled[(index, ascii)] = compiled
         return compiled
 
 
@@ -72,35 +93,35 @@ class ConceptHit:
     window: int  # index of the window (sentence or piece of one); -1: not placed
 
 
-def compile_concepts(doc: dict[str, Any], term: Any, origin: str = "concepts") -> ConceptSet:
-    """Compile ``doc["concepts"]`` with ``term`` (the rule compiler's term translator)."""
-    options = re2.Options()
-    options.max_mem = 64 << 20
-    options.never_capture = True  # spans only: RE2 can answer with its DFAs alone
+def compile_concepts(
+    doc: dict[str, Any], term: Any, origin: str = "concepts", own_set: bool = True
+) -> ConceptSet:
+    """Compile ``doc["concepts"]`` with ``term`` (the rule compiler's term translator).
+    Without ``own_set`` the caller adds ``patterns`` to a set of its own and fills in
+    ``atom_set`` and ``base``."""
     concepts: list[Concept] = []
-    atoms: list[Any] = []
     patterns: list[str] = []
+    check = re2.Set.SearchSet(_options(64 << 20))  # parses each pattern, names the bad one
     for name, raw in sorted(doc.get("concepts", {}).items()):
         terms = raw.get("terms", [])
         if not isinstance(terms, list) or not terms:
             raise ValueError(f"{origin}: concept {name}: needs a non-empty list 'terms'")
         pattern = "|".join(f"(?:{term(str(t))})" for t in terms)
         try:
-            compiled = re2.compile(pattern, options)
+            check.Add(pattern)
         except re2.error as exc:
             raise ValueError(f"{origin}: concept {name}: invalid pattern: {exc}") from None
-        concepts.append(Concept(name, str(raw.get("description", "")), len(atoms)))
-        atoms.append(compiled)
+        concepts.append(Concept(name, str(raw.get("description", "")), len(patterns)))
         patterns.append(pattern)
-    set_options = re2.Options()
-    set_options.max_mem = 256 << 20  # room for its DFA (see engine.SET_MAX_MEM)
-    set_options.never_capture = True
-    atom_set = re2.Set.SearchSet(set_options)
-    for pattern in patterns:
-        atom_set.Add(pattern)
-    if patterns:
-        atom_set.Compile()
-    return ConceptSet(tuple(concepts), atoms, atom_set, patterns)
+    cs = ConceptSet(tuple(concepts), patterns)
+    if own_set:
+        # Room for the set's DFA (see engine.SET_MAX_MEM).
+        cs.atom_set = re2.Set.SearchSet(_options(256 << 20))
+        for pattern in patterns:
+            cs.atom_set.Add(pattern)
+        if patterns:
+            cs.atom_set.Compile()
+    return cs
 
 
 def sentence_starts(norm: str) -> list[int]:
@@ -136,7 +157,7 @@ def find_concepts(
     if not norm or not cs.concepts:
         return []
     if present is None:
-        present = cs.atom_set.Match(ascii if ascii is not None else norm) or ()
+        present = cs.match(ascii if ascii is not None else norm)
     if not present:
         return []
     if len(present) == 1:
@@ -155,10 +176,10 @@ def find_concepts(
         if placed is not None and cs.concepts[i].name not in placed
     ]
     data = ascii if ascii is not None else norm
-    match = cs.atom_set.Match
+    match = cs.match
     count: dict[str, int] = {}
     for number, (start, end) in enumerate(windows(norm)):
-        for index in match(data[start:end]) or ():
+        for index in match(data[start:end]):
             name = cs.concepts[index].name
             if placed is not None and name not in placed:
                 continue
@@ -207,8 +228,7 @@ def locate(
         concept = by_name.get(name)
         if concept is None:
             continue
-        atom = cs.ascii_atom(concept.atom) if ascii is not None else cs.atoms[concept.atom]
-        found.extend(spans(atom, data, 1))
+        found.extend(spans(cs.atom(concept.atom, ascii is not None), data, 1))
     if not found:
         return lo, hi
     return lo + min(s for s, _ in found), lo + max(e for _, e in found)

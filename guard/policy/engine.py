@@ -110,16 +110,17 @@ class RuleSet:
     fields_used: frozenset[str] = frozenset()
     ascii_atoms: dict[int, Any] = field(default_factory=dict)
     user_scores: frozenset[str] = frozenset()  # ids whose score a user's [scores] table set
-    # The concepts (concepts.toml), compiled with this lexicon. Their patterns are also in
-    # ``atom_set`` from index ``concept_base`` on, so a field's one set pass tells which
-    # concepts it holds too.
+    # The concepts (concepts.toml), compiled with this lexicon. Their patterns are in
+    # ``atom_set`` after the rule atoms (``concepts.base`` on), so a field's one set pass
+    # tells which concepts it holds too.
     concepts: ConceptSet | None = None
-    concept_base: int = -1
 
     def concepts_in(self, matched: frozenset[int]) -> list[int]:
         """The concepts (indices into ``concepts.concepts``) in a field's ``matched``."""
-        base = self.concept_base
-        return sorted(i - base for i in matched if i >= base) if base >= 0 else []
+        if self.concepts is None:
+            return []
+        base = self.concepts.base
+        return sorted(i - base for i in matched if i >= base)
 
     def ascii_atom(self, atom: int) -> Any:
         """``atoms[atom]`` compiled for bytes, to search ASCII text encoded as bytes.
@@ -462,9 +463,12 @@ def _compile(
     if concept_doc is not None:
         lexicon = {**doc.get("lexicon", {}), **concept_doc.get("lexicon", {})}
         try:
-            concepts = compile_concepts(concept_doc, _Compiler(lexicon, "concepts").term)
+            concepts = compile_concepts(
+                concept_doc, _Compiler(lexicon, "concepts").term, own_set=False
+            )
         except ValueError as exc:
             raise RulesError(str(exc)) from None
+        concepts.atom_set, concepts.base = atom_set, len(atom_sources)
         for pattern in concepts.patterns:
             atom_set.Add(pattern)
     try:
@@ -489,7 +493,6 @@ def _compile(
         sources=sources,
         user_scores=frozenset(scores),
         concepts=concepts,
-        concept_base=len(atom_sources) if concepts is not None else -1,
     )
 
 

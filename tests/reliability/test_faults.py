@@ -675,8 +675,11 @@ def test_proxy_cuts_after_exactly_the_requested_reply_bytes(
     assert len(got) == 17 and got.startswith(b"* CAPABILITY")
     assert proxy.connections == 1 and proxy.count(b"CAPABILITY") == 1
     stalled = proxy.stall_on(b"NOOP")
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5) as sock:
-        sock.recv(4096)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        greeting = b""
+        while not greeting.endswith(b"\r\n"):  # the whole greeting, however it is split
+            greeting += sock.recv(4096)
+        sock.settimeout(0.5)
         sock.sendall(b"a1 NOOP\r\n")
         with pytest.raises(TimeoutError):
             sock.recv(4096)  # no answer, and no FIN either
