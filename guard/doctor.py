@@ -68,6 +68,7 @@ def _rules(config: Config) -> Iterator[Check]:
 
     try:
         rules = load_rules(list(config.policy.rules))
+        rules.atom_set.compile()  # what a scan would otherwise find at its first message
     except RulesError as exc:
         yield Check("rules", False, str(exc), "fix the rules file named above")
         return

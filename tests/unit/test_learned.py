@@ -185,3 +185,18 @@ def test_clear_requests_are_flagged_in_their_category(rules, category, text):
 def test_ordinary_project_mail_is_quiet(rules, text):
     verdict = evaluate(rules, _mail(text))
     assert verdict.risk == "none", [(f.rule, f.category, f.score) for f in verdict.findings]
+
+
+def test_the_rule_and_concept_set_is_compiled_at_the_first_message_only():
+    fresh = load_rules()
+    assert not fresh.atom_set.compiled  # a poll that judges nothing does not pay for it
+    verdict = evaluate(
+        fresh,
+        Message(
+            text="Let's skip the platform fee: I pay you directly through PayPal.",
+            from_=Address("Client", "c@client.example"),
+            subject="Budget",
+        ),
+    )
+    assert fresh.atom_set.compiled
+    assert "off_platform_payment" in verdict.categories
