@@ -2,7 +2,7 @@
 
 A root holds labelled corpora (a directory with ``labels.csv``: ``ROOT/NAME`` and
 ``ROOT/GROUP/NAME``, e.g. ``freelance-dev`` and ``writers/a``) and, optionally,
-``public/ham`` and ``public/risky``: plain directories read as ``--all-ham`` and
+``public/ham``, ``public/risky/phishing_pot`` and ``public/risky``: plain directories read as ``--all-ham`` and
 ``--all-risky``. Each corpus is cut into shards judged in ``jobs`` worker processes (the
 engine is CPU-bound); the outcomes come back in corpus order, so the table and the miss
 lists are the same whatever the number of processes.
@@ -24,7 +24,13 @@ from guard import evaluation as ev
 
 __all__ = ["Corpus", "TableRun", "discover", "judge_all", "run_table"]
 
-PUBLIC_CORPORA = (("public/ham", "ham"), ("public/risky", "risky"))
+# public/risky/phishing_pot (real phishing, the target of the phishing checks) also gets a
+# row of its own: public/risky as a whole mixes it with commercial spam.
+PUBLIC_CORPORA = (
+    ("public/ham", "ham"),
+    ("public/risky/phishing_pot", "risky"),
+    ("public/risky", "risky"),
+)
 LABELS = "labels.csv"
 
 
@@ -58,7 +64,7 @@ def discover(root: Path) -> tuple[list[Corpus], list[str]]:
     """The corpora under ``root`` in table order, and the labels files that are broken.
 
     Order: labelled corpora directly under the root, then those one level deeper (by
-    name), then ``public/ham`` and ``public/risky``.
+    name), then ``public/ham``, ``public/risky/phishing_pot`` and ``public/risky``.
     """
     found: list[Corpus] = []
     errors: list[str] = []

@@ -504,7 +504,8 @@ PAY_BODY = (
 
 @pytest.fixture
 def corpus_root(tmp_path: Path) -> Path:
-    """writers/x (labelled, tagged), writers/y (tags after a bar), public/ham, public/risky."""
+    """writers/x (labelled, tagged), writers/y (tags after a bar), public/ham, public/risky
+    with public/risky/phishing_pot inside."""
     root = tmp_path / "corpus"
     x = root / "writers" / "x"
     x.mkdir(parents=True)
@@ -532,6 +533,9 @@ def corpus_root(tmp_path: Path) -> Path:
     risky.mkdir()
     (risky / "r1.eml").write_bytes(_eml(20, "About the contract", PAY_BODY))
     (risky / "r2.eml").write_bytes(_eml(21, "Staging", HAM_BODY))
+    # the phishing sample gets a row of its own and still counts in public/risky
+    (risky / "phishing_pot").mkdir()
+    (risky / "phishing_pot" / "p1.eml").write_bytes(_eml(22, "About the contract", PAY_BODY))
     return root
 
 
@@ -553,6 +557,7 @@ def test_eval_table_cli(corpus_root: Path, capsys: pytest.CaptureFixture[str]) -
         "writers/x",
         "writers/y",
         "public/ham",
+        "public/risky/phishing_pot",
         "public/risky",
         "writers (mean)",
         "writers (min)",
@@ -565,7 +570,8 @@ def test_eval_table_cli(corpus_root: Path, capsys: pytest.CaptureFixture[str]) -
     assert rows["writers/x"][-1] == "0.00"  # DIS
     assert rows["writers/y"][:5] == ["1", "1.00", "1.00", "-", "1.00"]
     assert rows["public/ham"][:4] == ["3", "-", "-", "0.0%"]
-    assert rows["public/risky"][:4] == ["2", "-", "0.50", "-"]
+    assert rows["public/risky/phishing_pot"][:4] == ["1", "-", "1.00", "-"]
+    assert rows["public/risky"][:4] == ["3", "-", "0.67", "-"]
     assert rows["writers (min)"][:3] == ["-", "0.50", "0.50"]
     assert rows["writers (pooled)"][:3] == ["4", "0.50", "0.67"]  # PAY 1, DIS 0
 
@@ -575,7 +581,7 @@ def test_eval_table_cli(corpus_root: Path, capsys: pytest.CaptureFixture[str]) -
 
     assert main(["eval", "--table", str(corpus_root), "-j", "2", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert [r["corpus"] for r in data["corpora"]] == list(rows)[:4]
+    assert [r["corpus"] for r in data["corpora"]] == list(rows)[:5]
     assert data["corpora"][0]["non_english_recall"] == {"value": 0.0, "hits": 0, "total": 1}
 
     assert main(["eval", "--table", str(corpus_root), "--format", "markdown"]) == 0
