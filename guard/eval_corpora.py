@@ -2,10 +2,10 @@
 
 A root holds labelled corpora (a directory with ``labels.csv``: ``ROOT/NAME`` and
 ``ROOT/GROUP/NAME``, e.g. ``freelance-dev`` and ``writers/a``) and, optionally,
-``public/ham``, ``public/risky/phishing_pot`` and ``public/risky``: plain directories read as ``--all-ham`` and
-``--all-risky``. Each corpus is cut into shards judged in ``jobs`` worker processes (the
-engine is CPU-bound); the outcomes come back in corpus order, so the table and the miss
-lists are the same whatever the number of processes.
+``public/ham``, ``public/risky/phishing_pot`` and ``public/risky``: plain directories read
+as ``--all-ham`` and ``--all-risky``. Each corpus is cut into shards judged in ``jobs``
+worker processes (the engine is CPU-bound); the outcomes come back in corpus order, so the
+table and the miss lists are the same whatever the number of processes.
 
 The figures are defined in :mod:`guard.evaluation`.
 """

@@ -16,6 +16,7 @@ import email.feedparser
 import email.utils
 import heapq
 import html as html_lib
+import io
 import logging
 import os
 import re
@@ -79,6 +80,19 @@ class Attachment:
     size: int
     text: str = ""
     encrypted: bool = False
+    html_traits: tuple[str, ...] = ()
+    """For an attached web page (HTML, SVG, MHT): what its raw markup holds, read before
+    any text extraction: ``"form"``, ``"password"`` (a password input), ``"script"``,
+    ``"redirect"`` (a meta refresh, or a script that sets the page location) and
+    ``"obfuscated"`` (a script that decodes or writes itself: atob, unescape, eval...)."""
+    qr_codes: tuple[str, ...] = ()
+    """The texts of the QR codes found in an image, whatever they say."""
+    links: tuple[Link, ...] = ()
+    """Web links the attachment shows its reader: a QR code's URL (text "QR code in
+    <file>"), the links of a calendar invite. They are in ``Message.links`` too."""
+    calendar: bool = False
+    """True for a calendar invite (text/calendar, .ics); ``text`` is then its summary,
+    location, description and links rather than the raw iCalendar source."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +185,27 @@ ATTACHMENT_TEXT_MAX_SIZE = 256 * 1024
 """Attachments at least this big (decoded bytes) get no ``text``."""
 ATTACHMENT_TEXT_CHARS = 64 * 1024
 """``Attachment.text`` is cut to this many characters."""
+MAX_HREF_CHARS = 8192
+"""A link's ``href`` is cut to this many characters (``data:`` and ``javascript:``
+links to SCRIPT_HREF_CHARS): enough to judge it, never a whole embedded document."""
+SCRIPT_HREF_CHARS = 1024
+MAX_ATTACHMENT_LINKS = 50
+"""Links taken from attachments (QR codes, calendar invites) per message, at most."""
+HTML_SCAN_BYTES = 512 * 1024
+"""Of an attached web page, this many bytes of its head and of its tail are searched for
+forms, scripts and redirects (the search is linear: simple patterns, bounded repeats)."""
+QR_MAX_IMAGES = 8
+"""Images per message searched for QR codes; further images are not (a defect note says
+so). Tiny images (tracking pixels, icons under QR_MIN_SIDE pixels) do not count."""
+QR_MAX_IMAGE_BYTES = 1024 * 1024
+"""Images bigger than this (decoded bytes) are not searched for QR codes."""
+QR_MAX_PIXELS = 4_000_000
+"""Images with more pixels than this are not decoded (Pillow's decompression-bomb
+limit is set to it too, and its error caught)."""
+QR_MIN_SIDE = 21
+QR_MAX_CODES = 4
+"""QR codes kept per image; each text cut to QR_TEXT_CHARS."""
+QR_TEXT_CHARS = 2048
 
 _DEFECT_CHARS = 300
 _MAX_UNCHECKED = 20
@@ -358,7 +393,7 @@ class _Defects:
     time of the parsing thread, so a busy machine does not make ordinary mail "unchecked".
     """
 
-    __slots__ = ("_seen", "deadline", "items", "out_of_time", "unchecked")
+    __slots__ = ("_seen", "deadline", "items", "out_of_time", "qr_left", "unchecked")
 
     def __init__(self, deadline: float = float("inf")) -> None:
         self.items: list[str] = []
@@ -366,6 +401,7 @@ class _Defects:
         self.unchecked: list[str] = []
         self.deadline = deadline
         self.out_of_time = False
+        self.qr_left = QR_MAX_IMAGES  # images this message may still have searched for QR
 
     def cut(self, note: str) -> None:
         """A note that also marks the message as not read whole."""
@@ -1096,6 +1132,16 @@ def _url_links(text: str, links: list[Link]) -> None:
             links.append(Link(url, url))
 
 
+_SCRIPT_SCHEME_RE = re.compile(r"[\x00-\x20]*(?:javascript|vbscript|data)[\t\n\r]*:", re.I)
+
+
+def _bounded_href(href: str) -> str:
+    """``href`` cut to MAX_HREF_CHARS, a ``data:``/``javascript:`` one to SCRIPT_HREF_CHARS."""
+    if len(href) > SCRIPT_HREF_CHARS and _SCRIPT_SCHEME_RE.match(href[:64]):
+        return href[:SCRIPT_HREF_CHARS]
+    return href[:MAX_HREF_CHARS]
+
+
 def _visible(text: str) -> str:
     """Collapse whitespace and drop zero-width characters (``Pay&#8203;Pal``)."""
     if not text.isascii():
@@ -1421,6 +1467,7 @@ def _html_doc_text(html: str, links: list[Link] | None, defects: _Defects) -> st
                 break
             if "\f" in href:
                 href = href.replace("\f", "")
+            href = _bounded_href(href)
             label = _visible(anchor.text())
             if not label:
                 image = anchor.css_first("img[alt]")
@@ -1578,12 +1625,226 @@ def _payload(part: MimePart, cte: str) -> tuple[int, bytes, bytes, bytes | None]
     return len(data), data, data, data
 
 
+# Attached web pages: what the raw markup holds, searched in the lower-cased bytes (each
+# pattern starts with a literal or has only bounded repeats: linear time). "3d" allows for
+# quoted-printable markup inside .mht archives ("type=3D"password"").
+_WEB_PAGE_TYPES = frozenset(
+    {"text/html", "application/xhtml+xml", "image/svg+xml", "application/x-mimearchive"}
+)
+_WEB_PAGE_EXTS = frozenset({"htm", "html", "shtml", "xhtml", "xht", "svg", "mht", "mhtml"})
+_HTML_TRAIT_RES = (
+    ("form", re.compile(rb"<form[\s>/]")),
+    ("password", re.compile(rb"type\s*=\s*(?:3d)?\\?[\"']?\s*password")),
+    ("script", re.compile(rb"<script[\s>/]|onload\s*=|onerror\s*=")),
+    ("refresh", re.compile(rb"http-equiv\s*=\s*(?:3d)?\\?[\"']?\s*refresh")),
+    ("location", re.compile(rb"location(?:\.href)?\s*=(?!=)|location\.(?:replace|assign)\s*\(")),
+    (
+        "obfuscated",
+        re.compile(
+            rb"(?<![a-z0-9_$])(?:atob|unescape|eval|fromcharcode)\s*\("
+            rb"|document\.write(?:ln)?\s*\(\s*(?:unescape|atob|decodeuricomponent)"
+        ),
+    ),
+)
+
+
+def _is_web_page(ctype: str, ext: str, head: bytes) -> bool:
+    if ctype in _WEB_PAGE_TYPES or ext in _WEB_PAGE_EXTS:
+        return True
+    start = head[:512].lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html")):
+        return True
+    return start.startswith((b"<svg", b"<?xml")) and b"<svg" in head[:4096].lower()
+
+
+def _html_traits(head: bytes, tail: bytes, data: bytes | None) -> tuple[str, ...]:
+    """What an attached page's raw markup holds (see ``Attachment.html_traits``)."""
+    if data is not None:
+        if len(data) <= 2 * HTML_SCAN_BYTES:
+            blob = data.lower()
+        else:
+            blob = data[:HTML_SCAN_BYTES].lower() + b"\n" + data[-HTML_SCAN_BYTES:].lower()
+    else:
+        blob = head[:HTML_SCAN_BYTES].lower() + b"\n" + tail[-HTML_SCAN_BYTES:].lower()
+    found = {name for name, pattern in _HTML_TRAIT_RES if pattern.search(blob)}
+    traits: list[str] = [t for t in ("form", "password", "script") if t in found]
+    if "refresh" in found or ("script" in found and "location" in found):
+        traits.append("redirect")
+    if "script" in found and "obfuscated" in found:
+        traits.append("obfuscated")
+    return tuple(traits)
+
+
+# QR codes in images. Pillow and zxing-cpp are imported on the first image only.
+_QR_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"})
+_QR_PILLOW_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+_WEB_URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"]+", re.I)
+_qr_reader: Any = None  # (PIL.Image, zxingcpp) once imported; False when unavailable
+
+
+def _qr_modules() -> Any:
+    global _qr_reader
+    if _qr_reader is None:
+        try:
+            import warnings
+
+            import zxingcpp
+            from PIL import Image
+
+            # Explicit decompression-bomb limit: Pillow raises DecompressionBombError past
+            # twice this and only warns between; images over QR_MAX_PIXELS are skipped
+            # before decoding anyway, so the warning is silenced.
+            Image.MAX_IMAGE_PIXELS = QR_MAX_PIXELS
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            _qr_reader = (Image, zxingcpp)
+        except Exception:
+            _qr_reader = False
+    return _qr_reader
+
+
+def _qr_codes(data: bytes, filename: str, defects: _Defects) -> tuple[str, ...]:
+    """The texts of the QR codes in one image; () for anything that is not one.
+
+    Bounded: at most QR_MAX_IMAGES images per message, QR_MAX_IMAGE_BYTES bytes and
+    QR_MAX_PIXELS pixels each (checked from the header, before decoding). Any error of
+    Pillow or the decoder means "no QR code": a broken image never fails the message.
+    """
+    if len(data) > QR_MAX_IMAGE_BYTES:
+        return ()
+    modules = _qr_modules()
+    if not modules:
+        return ()
+    image_mod, zxing = modules
+    try:
+        with image_mod.open(io.BytesIO(data), formats=_QR_PILLOW_FORMATS) as image:
+            width, height = image.size
+            if width * height > QR_MAX_PIXELS:
+                defects.add(f"image {filename!r}: too large to search for a QR code")
+                return ()
+            if min(width, height) < QR_MIN_SIDE:
+                return ()
+            if defects.qr_left <= 0:
+                defects.add(f"more than {QR_MAX_IMAGES} images; the rest not searched for QR codes")
+                return ()
+            defects.qr_left -= 1
+            if image.format == "JPEG":
+                image.draft("L", (width, height))
+            gray = image.convert("L")
+        found = zxing.read_barcodes(gray, formats=zxing.BarcodeFormat.QRCode, try_rotate=False)
+    except image_mod.DecompressionBombError:
+        defects.add(f"image {filename!r}: too large to search for a QR code")
+        return ()
+    except Exception:  # not an image, truncated, a decoder error: no QR code
+        return ()
+    texts: list[str] = []
+    for code in found[:QR_MAX_CODES]:
+        text = str(getattr(code, "text", "") or "").strip()
+        if text and text not in texts:
+            texts.append(_valid_unicode(text[:QR_TEXT_CHARS]))
+    return tuple(texts)
+
+
+def _qr_links(codes: tuple[str, ...], filename: str) -> list[Link]:
+    """The web addresses among QR code texts, as links the reader would follow."""
+    label = f"QR code in {filename or 'an image'}"
+    links: list[Link] = []
+    for code in codes:
+        found = _WEB_URL_RE.match(code.strip())
+        if found:
+            links.append(Link(label, found.group(0)))
+    return links
+
+
+# Calendar invites (RFC 5545): lines unfolded, then the properties a reader sees.
+_CALENDAR_TYPES = frozenset({"text/calendar", "application/ics", "text/x-vcalendar"})
+_CALENDAR_EXTS = frozenset({"ics", "ical", "icalendar", "ifb", "vcs"})
+_ICS_UNFOLD_RE = re.compile(r"\r?\n[ \t]")
+_ICS_NAME_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
+_ICS_PARAMS_RE = re.compile(r"(?:[^\":\n]|\"[^\"\n]*\")*:")
+_ICS_ALTREP_RE = re.compile(r"altrep\s*=\s*\"([^\"]*)\"", re.I)
+_ICS_ESCAPE_RE = re.compile(r"\\([nN]|.)")
+_ICS_HTML_RE = re.compile(r"<(?:p|br|a|div|span|b|i|u|ul|ol|li|html|body|table)[\s/>]", re.I)
+_ICS_TEXT_PROPS = {
+    "SUMMARY": "Summary",
+    "LOCATION": "Location",
+    "DESCRIPTION": "Description",
+    "COMMENT": "Comment",
+    "X-ALT-DESC": "Description",
+}
+_ICS_URI_PROPS = frozenset({"URL", "ATTACH", "CONFERENCE", "IMAGE"})
+
+
+def _ics_unescape(value: str) -> str:
+    return _ICS_ESCAPE_RE.sub(lambda m: "\n" if m.group(1) in "nN" else m.group(1), value)
+
+
+def _calendar(text: str, defects: _Defects) -> tuple[str, tuple[Link, ...]]:
+    """The readable text (summary, location, description, links) of an iCalendar file and
+    the web links it carries (URL/ATTACH/CONFERENCE values, ALTREP parameters, addresses
+    in the texts, anchors of an HTML description). Linear in the size of ``text``."""
+    text = _ICS_UNFOLD_RE.sub("", text)
+    lines: list[str] = []
+    links: list[Link] = []
+    plain_description = False
+    for line in text.splitlines():
+        name_match = _ICS_NAME_RE.match(line)
+        if name_match is None:
+            continue
+        name = name_match.group(0).upper()
+        if name not in _ICS_TEXT_PROPS and name not in _ICS_URI_PROPS:
+            continue
+        params = _ICS_PARAMS_RE.match(line, name_match.end())
+        if params is None:
+            continue
+        param_text, value = line[name_match.end() : params.end() - 1], line[params.end() :]
+        for altrep in _ICS_ALTREP_RE.findall(param_text):
+            if _WEB_URL_RE.match(altrep):
+                links.append(Link(altrep, altrep))
+        if name in _ICS_URI_PROPS:
+            if "base64" in param_text.lower() or "binary" in param_text.lower():
+                continue  # an inline file, not an address
+            value = value.strip()
+            if _WEB_URL_RE.match(value):
+                links.append(Link(value, value[:MAX_HREF_CHARS]))
+                lines.append(f"{name.title()}: {value}")
+            continue
+        value = _ics_unescape(value)
+        html = "html" in param_text.lower() or bool(_ICS_HTML_RE.search(value[:4096]))
+        if name == "X-ALT-DESC" and plain_description and not html:
+            continue
+        if name == "DESCRIPTION":
+            plain_description = True
+        if html:  # HTML in a description (Google Calendar writes it so): its text and anchors
+            value = _html_to_text(value, links, defects)
+        _url_links(value, links)
+        if value.strip():
+            lines.append(f"{_ICS_TEXT_PROPS[name]}: {value.strip()}")
+    unique: dict[str, Link] = {}
+    for link in links:
+        if link.href and link.href not in unique:
+            unique[link.href] = link
+    return "\n".join(lines), tuple(list(unique.values())[:MAX_ATTACHMENT_LINKS])
+
+
 def _attachment(part: MimePart, info: _PartHeaders, defects: _Defects) -> Attachment:
     filename, ctype = info.filename, info.ctype
     size, head, tail, data = _payload(part, info.cte)
     sniffed = _sniff(head)
     encrypted = _encrypted(head, tail)
+    name = filename.lower().rstrip(". ")
+    ext = name.rpartition(".")[2] if "." in name else ""
     text = ""
+    traits: tuple[str, ...] = ()
+    codes: tuple[str, ...] = ()
+    links: tuple[Link, ...] = ()
+    calendar = False
+    if size and not sniffed and _is_web_page(ctype, ext, head):
+        traits = _html_traits(head, tail, data)
+    if data is not None and sniffed in _QR_IMAGE_TYPES:
+        codes = _qr_codes(data, filename, defects)
+        if codes:
+            links = tuple(_qr_links(codes, filename))
+            text = _normalise_text("\n".join(codes))[:ATTACHMENT_TEXT_CHARS]
     if data is not None and 0 < size < ATTACHMENT_TEXT_MAX_SIZE and not sniffed:
         if ctype.startswith("text/"):
             text, problem = _decode_bytes(data, info.charset())
@@ -1596,8 +1857,20 @@ def _attachment(part: MimePart, info: _PartHeaders, defects: _Defects) -> Attach
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
                 text = ""
+        calendar = (
+            ctype in _CALENDAR_TYPES
+            or ext in _CALENDAR_EXTS
+            or text.lstrip()[:15].upper() == "BEGIN:VCALENDAR"
+        )
+        if calendar:
+            try:
+                text, links = _calendar(text, defects)
+            except Exception as exc:  # keep the raw text rather than lose the part
+                defects.add(f"calendar {filename!r} could not be read: {type(exc).__name__}")
         text = _normalise_text(text)[:ATTACHMENT_TEXT_CHARS]
-    return Attachment(filename, ctype, sniffed, size, text, encrypted)
+    return Attachment(
+        filename, ctype, sniffed, size, text, encrypted, traits, codes, links, calendar
+    )
 
 
 class _PartHeaders:
@@ -1981,6 +2254,11 @@ def _parse(raw: bytes, deadline: float) -> Message:
     else:
         defects.add("body not read")
     html_links, text_links = reader.html_links, reader.text_links
+    attachments = tuple(_nested_attachment(e) if isinstance(e, _Body) else e for e in entries)
+    # Links shown by attachments (QR codes, calendar invites) are links too; they get a
+    # share of MAX_LINKS that the body's links cannot crowd out.
+    shown = [link for a in attachments for link in a.links][:MAX_ATTACHMENT_LINKS]
+    links = (html_links + text_links)[: MAX_LINKS - len(shown)] + shown
 
     return Message(
         from_=from_[0] if from_ else None,
@@ -1996,8 +2274,8 @@ def _parse(raw: bytes, deadline: float) -> Message:
         references=references[:MAX_LINKS],
         text=_join_parts(main.plain, "text", defects),
         html_text=_join_parts(main.html, "html_text", defects),
-        links=tuple((html_links + text_links)[:MAX_LINKS]),
-        attachments=tuple(_nested_attachment(e) if isinstance(e, _Body) else e for e in entries),
+        links=tuple(links),
+        attachments=attachments,
         auth=_auth_results(get("authentication-results")),
         list_id=_header_str(get("list-id", ""))[:MAX_TEXT_CHARS],
         auto_submitted=_header_str(get("auto-submitted", "")).lower()[:MAX_TEXT_CHARS],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import tomllib
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from importlib import resources
 from operator import itemgetter
@@ -22,7 +22,13 @@ from typing import Any
 import re2
 
 from guard.message import Message
+from guard.policy.brands import Catalogue, load_brands, parse_brands
 from guard.policy.concepts import ConceptSet, compile_concepts
+from guard.policy.impersonation import (
+    check_address_in_subject,
+    check_impersonation,
+    check_lure_link,
+)
 from guard.policy.model import (
     CATEGORIES,
     LEVELS,
@@ -35,7 +41,6 @@ from guard.policy.model import (
 from guard.policy.normalize import collapsed_offsets, normalise_info, normalise_tracked
 from guard.policy.rx import spans as match_spans
 from guard.policy.structural import (
-    Brand,
     Hit,
     StructuralData,
     is_trusted_platform_sender,
@@ -530,23 +535,19 @@ def _compile(
 
 def _structural(doc: Mapping[str, Any]) -> StructuralData:
     s = doc.get("structural", {})
-    brands = []
-    for key, raw in doc.get("brands", {}).items():
-        brands.append(
-            Brand(
-                key=key,
-                names=tuple(n.lower() for n in raw.get("names", [key])),
-                domains=tuple(d.lower() for d in raw.get("domains", [])),
-                platform=bool(raw.get("platform", False)),
-                generic=bool(raw.get("generic", False)),
-            )
-        )
+    # The built-in catalogue (brands.toml), with the [brands.*] of user rule files added
+    # (a user's brand replaces the built-in one of the same key).
+    brands = {b.key: b for b in load_brands().brands}
+    if doc.get("brands"):
+        user = parse_brands({"brands": doc["brands"]}, "rules")
+        brands.update((b.key, b) for b in user)
+    catalogue = Catalogue(brands.values())
 
     def fs(key: str) -> frozenset[str]:
         return frozenset(x.lower() for x in s.get(key, []))
 
     return StructuralData(
-        brands=tuple(brands),
+        catalogue=catalogue,
         freemail=fs("freemail"),
         freemail_labels=fs("freemail_labels"),
         shorteners=fs("shorteners"),
@@ -554,7 +555,11 @@ def _structural(doc: Mapping[str, Any]) -> StructuralData:
         macro_ext=fs("macro_ext"),
         decoy_ext=fs("decoy_ext"),
         html_ext=fs("html_ext"),
-        official_orgs=frozenset(d for b in brands for d in b.domains),
+        lure_hosts=frozenset(h for h in fs("lure_hosts") if "/" not in h),
+        lure_paths=tuple(
+            (host, "/" + path) for host, _, path in (p.partition("/") for p in fs("lure_paths"))
+        ),
+        meeting_hosts=fs("meeting_hosts"),
     )
 
 
@@ -818,8 +823,9 @@ def evaluate(
             for atom in seen.matched:
                 candidates.update(rules.by_atom.get(atom, ()))
     trusted = is_trusted_platform_sender(rules.structural, msg)
+    lures = _concepts_found(rules, fields)
     if not candidates:
-        return _verdict(rules, _structural_findings(rules, msg, trusted), notes, unchecked)
+        return _verdict(rules, _structural_findings(rules, msg, trusted, lures), notes, unchecked)
     anywhere = frozenset().union(
         *(unit.matched for f in DEFAULT_FIELDS for unit in fields.get(f, ()))
     )
@@ -855,8 +861,22 @@ def evaluate(
                 )
             )
             break
-    findings.extend(_structural_findings(rules, msg, trusted))
+    findings.extend(_structural_findings(rules, msg, trusted, lures))
     return _verdict(rules, findings, notes, unchecked)
+
+
+def _concepts_found(rules: RuleSet, fields: Mapping[str, list[_Field]]) -> set[str]:
+    """The names of the concepts in the subject and the new text (from the set pass every
+    field already had: no search of its own)."""
+    cs = rules.concepts
+    if cs is None:
+        return set()
+    return {
+        cs.concepts[i].name
+        for name in ("subject", "body")
+        for fld in fields.get(name, ())
+        for i in rules.concepts_in(fld.matched)
+    }
 
 
 def text_categories(rules: RuleSet, text: str, trusted: bool = False) -> set[str]:
@@ -892,10 +912,17 @@ def text_categories(rules: RuleSet, text: str, trusted: bool = False) -> set[str
     return found
 
 
-def _structural_findings(rules: RuleSet, msg: Message, trusted: bool) -> list[Finding]:
+def _structural_findings(
+    rules: RuleSet, msg: Message, trusted: bool, lures: Set[str] = frozenset()
+) -> list[Finding]:
+    """``lures``: the concepts found in the text (a brand claimed together with a lure is
+    an impersonation)."""
     out: list[Finding] = []
     seen: set[str] = set()
     hits: list[Hit] = run_checks(rules.structural, msg)
+    hits.extend(check_impersonation(rules.structural.catalogue, msg, lures))
+    hits.extend(check_lure_link(rules.structural, msg, lures, hits))
+    hits.extend(check_address_in_subject(msg, lures))
     for hit in hits:
         spec = rules.checks.get(hit.check)
         if spec is None or hit.check in seen or (trusted and spec.trusted == "skip"):

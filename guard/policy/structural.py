@@ -6,37 +6,30 @@ its score, category and explanation; the engine turns hits into findings.
 
 from __future__ import annotations
 
-import functools
+import ipaddress
 import re
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from guard.message import Address, Message
+from guard.policy.brands import Brand, Catalogue
 from guard.policy.domains import (
-    edit_distance,
     host_of,
     is_domain_like,
     org_domain,
-    skeleton,
     unicode_host,
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Brand:
-    """A platform, payment provider or bank whose name scammers borrow."""
-
-    key: str
-    names: tuple[str, ...]
-    domains: tuple[str, ...]
-    platform: bool = False
-    generic: bool = False  # the name is an ordinary word: no look-alike search on it
+def _no_brands() -> Catalogue:
+    return Catalogue(())
 
 
 @dataclass(frozen=True, slots=True)
 class StructuralData:
-    brands: tuple[Brand, ...] = ()
+    catalogue: Catalogue = field(default_factory=_no_brands)
+    """The well-known senders whose names phishing borrows (``brands.toml``)."""
     freemail: frozenset[str] = frozenset()
     freemail_labels: frozenset[str] = frozenset()
     shorteners: frozenset[str] = frozenset()
@@ -44,7 +37,12 @@ class StructuralData:
     macro_ext: frozenset[str] = frozenset()
     decoy_ext: frozenset[str] = frozenset()
     html_ext: frozenset[str] = frozenset()
-    official_orgs: frozenset[str] = field(default_factory=frozenset)
+    lure_hosts: frozenset[str] = frozenset()
+    """Hosts (and their subdomains) where anyone can put up a page or a form."""
+    lure_paths: tuple[tuple[str, str], ...] = ()
+    """(host, path prefix) pairs: a shared host where only some paths are such pages."""
+    meeting_hosts: frozenset[str] = frozenset()
+    """Organisational domains of meeting and calendar services, ordinary in invites."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +72,8 @@ def show_address(addr: Address | None) -> str:
 
 
 def brand_of_org(data: StructuralData, org: str) -> Brand | None:
-    for brand in data.brands:
-        if org in brand.domains:
-            return brand
-    return None
+    """The brand whose own domain ``org`` is (or lies under), or None."""
+    return data.catalogue.brand_of_domain(org)
 
 
 def is_trusted_platform_sender(data: StructuralData, msg: Message) -> bool:
@@ -115,58 +111,18 @@ def is_relayed_message(data: StructuralData, msg: Message) -> bool:
     return bool(_RELAY.search(msg.subject or "") or _RELAY.search(head))
 
 
-@functools.lru_cache(maxsize=1024)
-def _name_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])")
-
-
-def _brand_named(data: StructuralData, text: str) -> Brand | None:
-    text = unicodedata.normalize("NFKC", text).lower()
-    for brand in data.brands:
-        for name in brand.names:
-            # The substring test first: most display names contain no brand name at all.
-            if name in text and _name_pattern(name).search(text):
-                return brand
-    return None
-
-
-_LOOKALIKE_CACHE: dict[tuple[int, str], Brand | None] = {}
-
-
 def _lookalike(data: StructuralData, host: str) -> Brand | None:
-    """The brand ``host`` imitates, or None (official domains never match). Memoised."""
-    key = (id(data), host)
-    if key not in _LOOKALIKE_CACHE:
-        if len(_LOOKALIKE_CACHE) > 20_000:
-            _LOOKALIKE_CACHE.clear()
-        _LOOKALIKE_CACHE[key] = _find_lookalike(data, host)
-    return _LOOKALIKE_CACHE[key]
+    """The brand ``host`` imitates in its registrable label (``paypa1-secure.com``) or in
+    the labels in front of it (``paypal.com.account-check.example``); None for official
+    domains."""
+    return data.catalogue.lookalike(host) or data.catalogue.subdomain_brand(host)
 
 
-def _find_lookalike(data: StructuralData, host: str) -> Brand | None:
-    org = org_domain(host)
-    if org in data.official_orgs:
-        return None
-    decoded = unicode_host(host)
-    labels = decoded.split(".")
-    tokens: set[str] = set()
-    for label in labels[:-1] if len(labels) > 1 else labels:
-        tokens.add(label.replace("-", ""))
-        tokens.update(t for t in label.split("-") if t)
-    for brand in data.brands:
-        if brand.generic:
-            continue
-        for name in brand.names:
-            target = re.sub(r"[^a-z0-9]", "", name)
-            if len(target) < 4:
-                continue
-            for token in tokens:
-                sk = skeleton(token)
-                if sk == target or (target in sk and len(target) >= 5):
-                    return brand
-                if len(target) >= 6 and edit_distance(sk, target, 1) <= 1:
-                    return brand
-    return None
+def _core_brand(brand: Brand) -> bool:
+    """Platforms and payment providers: their name alone in a display name on another
+    domain is phishing. For any other brand the claim needs a lure or a link to count (see
+    ``guard.policy.impersonation``)."""
+    return brand.platform or brand.family == "payment"
 
 
 def check_sender(data: StructuralData, msg: Message) -> Iterator[Hit]:
@@ -175,9 +131,9 @@ def check_sender(data: StructuralData, msg: Message) -> Iterator[Hit]:
         return
     org = org_domain(sender.domain)
     shown = show_address(sender)
-    if sender.name and org not in data.official_orgs:
-        brand = _brand_named(data, sender.name)
-        if brand is not None and org not in brand.domains:
+    if sender.name and brand_of_org(data, org) is None:
+        brand = data.catalogue.named(sender.name, display_name=True)
+        if brand is not None and _core_brand(brand):
             yield Hit("phishing.brand-display-name", "from", shown)
     seen: set[str] = set()
     hosts = [("from", sender.domain, shown)]
@@ -256,9 +212,156 @@ def check_links(data: StructuralData, msg: Message) -> Iterator[Hit]:
             yield Hit(check, "links", evidence)
 
 
+# Browsers drop ASCII tabs and newlines anywhere in a URL and leading controls and spaces.
+_URL_IGNORED = str.maketrans("", "", "\t\n\r")
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+_SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:")
+# Harmless placeholders some newsletters use for buttons: "javascript:void(0)", "javascript:;".
+_SCRIPT_NOOP = re.compile(r"javascript:\s*(?:void\s*\(?\s*0\s*\)?)?\s*;?\s*$")
+# A data: URL of an image is a picture, not a page.
+_DATA_IMAGE = re.compile(r"data:image/(?:png|jpe?g|gif|webp|bmp);")
+
+
+def _script_href(href: str) -> bool:
+    """A link that runs script or opens an embedded document instead of a web page."""
+    if not href or (href[0].isalnum() and href[0] not in "jJvVdD"):
+        return False  # the common case, an http(s) address, decided at once
+    url = href.translate(_URL_IGNORED).lstrip(_C0_AND_SPACE).lower()
+    if not url.startswith(_SCRIPT_SCHEMES):
+        return False
+    return not (_SCRIPT_NOOP.match(url[:200]) or _DATA_IMAGE.match(url[:40]))
+
+
+def _ipv4_number(label: str) -> int | None:
+    """One part of an IPv4 host as browsers read it: decimal, 0x-hex or 0-octal."""
+    try:
+        if label[:2] in ("0x", "0X"):
+            return int(label[2:] or "0", 16)
+        if len(label) > 1 and label[0] == "0":
+            return int(label, 8)
+        return int(label, 10) if label.isdigit() else None
+    except ValueError:
+        return None
+
+
+def ip_of_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address a URL host names, or None for a domain name. Reads IPv6 literals and
+    IPv4 as browsers do (1 to 4 dotted parts, each decimal, hex or octal: ``3232235777``,
+    ``0xC0A80101``, ``0300.0250.1.1``)."""
+    host = host.strip("[]").rstrip(".")
+    if not host:
+        return None
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+    parts = host.split(".")
+    if len(parts) > 4 or not all(parts):
+        return None
+    numbers = [_ipv4_number(p) for p in parts]
+    if any(n is None for n in numbers):
+        return None
+    values = [n for n in numbers if n is not None]
+    if any(n > 255 for n in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
+        return None
+    value = values[-1]
+    for i, n in enumerate(values[:-1]):
+        value += n << (8 * (3 - i))
+    return ipaddress.IPv4Address(value)
+
+
+def _public_ip(host: str) -> bool:
+    """True for a host that is an Internet address (not a private, loopback or reserved one,
+    which no outside sender can serve a page from)."""
+    if not host or not (host[-1].isdigit() or ":" in host or host[-1] in "xXabcdefABCDEF"):
+        return False
+    ip = ip_of_host(host)
+    return ip is not None and ip.is_global
+
+
+_IPFS_PATH = re.compile(r"/ip[fn]s/(?:qm[1-9a-z]{20}|baf[a-z2-7]{20})", re.I)
+
+
+def lure_host(data: StructuralData, host: str, href: str) -> bool:
+    """``host`` belongs to a free hosting, site builder, form builder, file drop or IPFS
+    gateway in the rules' ``lure_hosts`` (or a listed path of a shared host)."""
+    if ".ipfs." in host or ".ipns." in host or _IPFS_PATH.search(href[:300]):
+        return True  # any IPFS gateway: content nobody hosts and nobody can take down
+    labels = host.split(".")
+    for i in range(len(labels) - 1):
+        if ".".join(labels[i:]) in data.lure_hosts:
+            return True
+    if data.lure_paths:
+        for lure_host, prefix in data.lure_paths:
+            if host == lure_host:
+                try:
+                    path = urlsplit(href.strip()).path.lower()
+                except ValueError:
+                    return False
+                if path.startswith(prefix):
+                    return True
+    return False
+
+
+def check_link_structure(data: StructuralData, msg: Message) -> Iterator[Hit]:
+    """Where links really lead: raw IP addresses, punycode names, pages on free hosting
+    and form builders, links that run script; and links read out of QR codes."""
+    done: set[str] = set()
+    for link in msg.links:
+        href = link.href
+        if "script-link" not in done and _script_href(href):
+            done.add("script-link")
+            yield Hit("phishing.script-link", "links", href[:120])
+            continue
+        host = host_of(href)
+        if not host:
+            continue
+        if "ip" not in done and "://" in href[:12] and _public_ip(host):
+            done.add("ip")
+            yield Hit("phishing.ip-host", "links", href[:120])
+        if "puny" not in done and (
+            "xn--" in host and any(label.startswith("xn--") for label in host.split("."))
+        ):
+            done.add("puny")
+            yield Hit("phishing.punycode-host", "links", f"{href[:120]} ({unicode_host(host)})")
+        if "lure" not in done and lure_host(data, host, href):
+            done.add("lure")
+            yield Hit("phishing.lure-host", "links", href[:120])
+    for att in msg.attachments:
+        if att.qr_codes and att.links and "qr" not in done:
+            done.add("qr")
+            yield Hit(
+                "phishing.qr-link", "attachments", f"{att.filename}: {att.links[0].href[:120]}"
+            )
+
+
+def check_calendar(data: StructuralData, msg: Message) -> Iterator[Hit]:
+    """A calendar invite whose text links to a domain that is neither the sender's nor a
+    meeting service's."""
+    sender_org = org_domain(msg.from_.domain) if msg.from_ is not None else ""
+    for att in msg.attachments:
+        if not att.calendar:
+            continue
+        for link in att.links:
+            host = host_of(link.href)
+            if not host:
+                continue
+            org = org_domain(host)
+            if org != sender_org and org not in data.meeting_hosts:
+                yield Hit("phishing.ics-link", "attachments", f"{att.filename}: {link.href[:120]}")
+                return
+
+
 def _extensions(filename: str) -> list[str]:
     name = _BIDI.sub("", filename).strip().lower().rstrip(". ")
     return name.split(".")[1:]
+
+
+def _dangerous_page(traits: tuple[str, ...]) -> bool:
+    """An attached page that asks for a password, sends the reader elsewhere, or hides
+    its own script (the usual shapes of a phishing page sent as a file)."""
+    return "password" in traits or "redirect" in traits or "obfuscated" in traits
 
 
 def check_attachments(data: StructuralData, msg: Message) -> Iterator[Hit]:
@@ -277,6 +380,9 @@ def check_attachments(data: StructuralData, msg: Message) -> Iterator[Hit]:
             yield Hit("phishing.macro-attachment", "attachments", shown)
         elif last in data.html_ext:
             yield Hit("phishing.html-attachment", "attachments", shown)
+        if _dangerous_page(att.html_traits):
+            traits = ", ".join(att.html_traits)
+            yield Hit("phishing.html-form-attachment", "attachments", f"{shown}: {traits}")
         if att.encrypted:
             yield Hit("phishing.encrypted-archive", "attachments", shown)
 
@@ -288,5 +394,7 @@ def run_checks(data: StructuralData, msg: Message) -> list[Hit]:
     hits.extend(check_auth(msg))
     hits.extend(check_reply_to(data, msg))
     hits.extend(check_links(data, msg))
+    hits.extend(check_link_structure(data, msg))
+    hits.extend(check_calendar(data, msg))
     hits.extend(check_attachments(data, msg))
     return hits
