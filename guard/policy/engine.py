@@ -560,6 +560,7 @@ def _structural(doc: Mapping[str, Any]) -> StructuralData:
             (host, "/" + path) for host, _, path in (p.partition("/") for p in fs("lure_paths"))
         ),
         meeting_hosts=fs("meeting_hosts"),
+        hosted_senders=fs("hosted_senders"),
     )
 
 

@@ -80,18 +80,31 @@ def _sent_by(catalogue: Catalogue, brand: Brand, msg: Message) -> bool:
     )
 
 
+def _link_hosts(msg: Message) -> Iterator[str]:
+    """Where the message's links lead: the host of each web link and the domain of each
+    mailto: address (writing back to another domain leads away as much as a link does)."""
+    for link in msg.links[:_MAX_LINKS]:
+        href = link.href.strip()
+        lowered = href[:12].lower()
+        if lowered.startswith("mailto:"):
+            address = href[7:].split("?", 1)[0].split(",", 1)[0]
+            host = address.rpartition("@")[2].strip().lower() if "@" in address else ""
+        elif lowered.startswith(("http://", "https://", "www.")):
+            host = host_of(href)
+        else:
+            continue
+        if host:
+            yield host
+
+
 def _away_link(
     catalogue: Catalogue, brand: Brand, msg: Message, sender_org: str, *, own: bool
 ) -> str:
-    """The first web link that leads neither to the brand nor to another well-known
-    brand's site (a social profile, an app store). ``own``: a link to the sender's own
-    domain counts too (it is not the brand's either)."""
-    for link in msg.links[:_MAX_LINKS]:
-        href = link.href
-        if not href.lower().startswith(("http://", "https://", "www.")):
-            continue
-        host = host_of(href)
-        if not host or catalogue.official(brand, host) or catalogue.brand_of_domain(host):
+    """The first link that leads neither to the brand nor to another well-known brand's
+    site (a social profile, an app store). ``own``: a link to the sender's own domain
+    counts too (it is not the brand's either)."""
+    for host in _link_hosts(msg):
+        if catalogue.official(brand, host) or catalogue.brand_of_domain(host):
             continue
         if not own and org_domain(host) == sender_org:
             continue
@@ -141,13 +154,9 @@ def check_impersonation(catalogue: Catalogue, msg: Message, lures: Set[str]) -> 
 
 
 def _third_site(catalogue: Catalogue, msg: Message, sender_org: str) -> str:
-    """The first web link to a site that is neither the sender's nor a known brand's."""
-    for link in msg.links[:_MAX_LINKS]:
-        href = link.href
-        if not href.lower().startswith(("http://", "https://", "www.")):
-            continue
-        host = host_of(href)
-        if host and org_domain(host) != sender_org and catalogue.brand_of_domain(host) is None:
+    """The first link to a site that is neither the sender's nor a known brand's."""
+    for host in _link_hosts(msg):
+        if org_domain(host) != sender_org and catalogue.brand_of_domain(host) is None:
             return host
     return ""
 

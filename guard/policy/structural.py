@@ -42,6 +42,8 @@ class StructuralData:
     lure_paths: tuple[tuple[str, str], ...] = ()
     """(host, path prefix) pairs: a shared host where only some paths are such pages."""
     meeting_hosts: frozenset[str] = frozenset()
+    hosted_senders: frozenset[str] = frozenset()
+    """Domains under which anyone's site gets a subdomain that can also send mail."""
     """Organisational domains of meeting and calendar services, ordinary in invites."""
 
 
@@ -135,6 +137,9 @@ def check_sender(data: StructuralData, msg: Message) -> Iterator[Hit]:
         brand = data.catalogue.named(sender.name, display_name=True)
         if brand is not None and _core_brand(brand):
             yield Hit("phishing.brand-display-name", "from", shown)
+    domain = sender.domain.lower().rstrip(".")
+    if any(domain.endswith("." + d) for d in data.hosted_senders):
+        yield Hit("phishing.hosted-sender", "from", shown)
     seen: set[str] = set()
     hosts = [("from", sender.domain, shown)]
     hosts += [("reply_to", a.domain, show_address(a)) for a in msg.reply_to]

@@ -341,3 +341,24 @@ def test_broken_brand_in_user_rules_is_one_clear_error(tmp_path):
     extra.write_text('[brands.acmebank]\nnames = ["acme bank"]\ndomains = ["not a domain"]\n')
     with pytest.raises(RulesError, match=r"acmebank.*not a domain"):
         load_rules([extra])
+
+
+def test_sender_on_free_hosting_subdomain_fires(rules):
+    msg = mail(
+        "Rewards Team <noreply@spin-4411.firebaseapp.com>",
+        "Hello",
+        "Have a look at our new collection.",
+        link="https://spin-4411.firebaseapp.com/",
+    )
+    assert any(f.rule == "phishing.hosted-sender" for f in evaluate(rules, msg).findings)
+
+
+def test_form_service_own_notice_is_not_a_hosted_sender(rules):
+    # a form builder's own notification (its apex domain) is its mail, not a hosted site
+    msg = mail(
+        "Jotform <noreply@jotform.com>",
+        "New submission",
+        "You have a new form submission.",
+        link="https://www.jotform.com/inbox",
+    )
+    assert not any(f.rule == "phishing.hosted-sender" for f in evaluate(rules, msg).findings)
