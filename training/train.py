@@ -38,6 +38,7 @@ from scipy.optimize import minimize
 
 from guard.message import parse_message
 from guard.policy import CATEGORIES, load_rules
+from guard.policy.impersonation import LURE_CONCEPTS
 from guard.policy.judge import feature_view
 
 SLOPE = 1.5
@@ -61,6 +62,10 @@ LEARNED = tuple(
     c for c in CATEGORIES if c != "phishing"
 )  # a concept feature seen in fewer training messages is dropped
 ROUND = 2
+# Concepts read only by the phishing checks (brand impersonation, lure links).
+LURE_ONLY = frozenset(
+    (LURE_CONCEPTS - {"verify_account", "gift_card"}) | {"click_link"}
+)
 
 
 @dataclass(slots=True)
@@ -134,10 +139,14 @@ def hand_scores() -> dict[str, float]:
 
 def _usable(name: str, category: str) -> bool:
     """Phishing is judged on its structural signals (sender, links, attachments,
-    authentication) and the rules; concepts describe what a client asks for."""
-    return not (
-        category == "phishing" and _kind(name) in ("pair", "single") and not PHISHING_CONCEPTS
-    )
+    authentication) and the rules; concepts describe what a client asks for. The lure
+    concepts of phishing (guard.policy.impersonation) are the phishing checks' words, not
+    features of the categories learned here."""
+    if _kind(name) not in ("pair", "single"):
+        return True
+    if category == "phishing":
+        return PHISHING_CONCEPTS
+    return not LURE_ONLY.intersection(name.split(":", 1)[1].split("+"))
 
 
 def _rows(examples: list[Example], category: str) -> list[tuple[Example, int]]:
