@@ -215,6 +215,9 @@ class Catalogue:
         body = _trie_pattern(sorted(self._name))
         self._pattern = re.compile(rf"(?<![a-z0-9]){body}(?![a-z0-9])") if body else None
         self._lookalike = functools.lru_cache(maxsize=8192)(self._find_lookalike)
+        # Senders, hosts and display names repeat from message to message: remember them.
+        self._of_domain = functools.lru_cache(maxsize=8192)(self._find_brand_of_domain)
+        self._display = functools.lru_cache(maxsize=4096)(self._find_named_display)
         self._subdomain = functools.lru_cache(maxsize=8192)(self._find_subdomain_brand)
 
     def __len__(self) -> int:
@@ -233,6 +236,9 @@ class Catalogue:
 
     def brand_of_domain(self, domain_or_host: str) -> Brand | None:
         """The brand whose official domain ``domain_or_host`` is or lies under, or None."""
+        return self._of_domain(domain_or_host)
+
+    def _find_brand_of_domain(self, domain_or_host: str) -> Brand | None:
         host = domain_or_host.strip().strip(".").lower()
         if not host:
             return None
@@ -273,6 +279,15 @@ class Catalogue:
         """
         if self._pattern is None or not text:
             return None
+        if display_name:
+            return self._display(text[:_DISPLAY_CHARS])
+        return self._find_named(text, display_name=False)
+
+    def _find_named_display(self, text: str) -> Brand | None:
+        return self._find_named(text, display_name=True)
+
+    def _find_named(self, text: str, *, display_name: bool) -> Brand | None:
+        assert self._pattern is not None
         limit = _DISPLAY_CHARS if display_name else HEAD_CHARS
         folded = fold(text[:limit])
         variants = [folded]

@@ -51,13 +51,16 @@ class Claim:
     where: str  # "from", "subject" or "body"
 
 
-def claimed_brand(catalogue: Catalogue, msg: Message) -> Claim | None:
-    """The brand the message says it comes from, and where it says so (or None)."""
+def claimed_brand(catalogue: Catalogue, msg: Message, *, text: bool = True) -> Claim | None:
+    """The brand the message says it comes from, and where it says so (or None).
+    ``text``: read the subject and the first lines too, not only the display name."""
     sender = msg.from_
     if sender is not None and sender.name:
         brand = catalogue.named(sender.name, display_name=True)
         if brand is not None:
             return Claim(brand, "from")
+    if not text:
+        return None
     if msg.subject:
         brand = catalogue.named(msg.subject, display_name=False)
         if brand is not None:
@@ -115,7 +118,12 @@ def _away_link(
 def check_impersonation(catalogue: Catalogue, msg: Message, lures: Set[str]) -> Iterator[Hit]:
     """``lures``: the lure concepts found in the message's new text and subject."""
     domain = msg.from_.domain.lower() if msg.from_ is not None else ""
-    claim = claimed_brand(catalogue, msg)
+    # A claim in the subject or text counts only in personal mail with a lure (see below):
+    # without one, the text is not read for brand names at all.
+    text_lure = not msg.is_bulk and bool(
+        LURE_CONCEPTS.intersection(lures) - _MENTION_LURES_EXCLUDED
+    )
+    claim = claimed_brand(catalogue, msg, text=text_lure)
     if claim is None or _sent_by(catalogue, claim.brand, msg):
         return
     sender_org = org_domain(domain) if domain else ""
