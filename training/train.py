@@ -63,9 +63,7 @@ LEARNED = tuple(
 )  # a concept feature seen in fewer training messages is dropped
 ROUND = 2
 # Concepts read only by the phishing checks (brand impersonation, lure links).
-LURE_ONLY = frozenset(
-    (LURE_CONCEPTS - {"verify_account", "gift_card"}) | {"click_link"}
-)
+LURE_ONLY = frozenset((LURE_CONCEPTS - {"verify_account", "gift_card"}) | {"click_link"})
 
 
 @dataclass(slots=True)
