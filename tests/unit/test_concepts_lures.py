@@ -138,6 +138,16 @@ CASES: dict[str, list[tuple[str, str, str]]] = {
             "Your parcel is on hold: pay the customs fee to reschedule delivery.",
             "Your order has been delivered. No further action is needed.",
         ),
+        # a parcel waiting for delivery or that could not be delivered, with no fee named
+        ("en", "Your package is awaiting delivery.", "Your order is awaiting dispatch."),
+        ("nl", "Je hebt 1 pakket in afwachting van aflevering.", "Je bestelling is verzonden."),
+        ("nl", "Uw pakket kon niet worden bezorgd.", "Uw pakket is bezorgd."),
+        ("de", "Ihr Paket konnte nicht zugestellt werden.", "Ihr Paket wurde zugestellt."),
+        ("es", "Su paquete no pudo ser entregado.", "Su paquete fue entregado ayer."),
+        ("pt", "Sua encomenda aguarda entrega.", "Sua encomenda foi entregue."),
+        ("fr", "Votre colis n'a pas pu être livré.", "Votre colis a été livré."),
+        ("ru", "Ваша посылка ожидает доставки.", "Ваша посылка доставлена."),
+        ("id", "Paket Anda menunggu pengiriman.", "Paket Anda sudah diterima."),
         (
             "en",
             "We were unable to deliver your package: the address is incomplete.",
