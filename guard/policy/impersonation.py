@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from guard.message import Message
 from guard.policy.brands import Brand, Catalogue
-from guard.policy.domains import host_of, org_domain
+from guard.policy.domains import host_of, is_domain_like, org_domain
 from guard.policy.structural import Hit, StructuralData, lure_host
 
 # Concepts that carry the lure of a credential, payment or reward phishing message.
@@ -43,6 +43,7 @@ LURE_CONCEPTS = frozenset(
 _MENTION_LURES_EXCLUDED = frozenset({"gift_card"})
 _BODY_HEAD = 1_500  # a claim in the text counts in its first lines only
 _MAX_LINKS = 200
+_MAX_HOST = 253  # the longest a DNS name can be: anything longer is not a host
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +93,13 @@ def _link_hosts(msg: Message) -> Iterator[str]:
         if lowered.startswith("mailto:"):
             address = href[7:].split("?", 1)[0].split(",", 1)[0]
             host = address.rpartition("@")[2].strip().lower() if "@" in address else ""
+            if not is_domain_like(host):
+                continue  # not an address anyone can write to: nothing to name
         elif lowered.startswith(("http://", "https://", "www.")):
             host = host_of(href)
         else:
             continue
-        if host:
+        if host and len(host) <= _MAX_HOST:
             yield host
 
 

@@ -362,3 +362,25 @@ def test_form_service_own_notice_is_not_a_hosted_sender(rules):
         link="https://www.jotform.com/inbox",
     )
     assert not any(f.rule == "phishing.hosted-sender" for f in evaluate(rules, msg).findings)
+
+
+def test_mailto_to_another_domain_leads_away(rules):
+    msg = mail(
+        "DHL Express <notice@kq7zt-mailer.example.net>",
+        "Delivery",
+        "Your parcel is held at customs. Pay the customs fee to release it.",
+        link="mailto:release@parcel-desk.example.org?subject=fee",
+    )
+    hit = next(f for f in evaluate(rules, msg).findings if f.rule == RULE)
+    assert "parcel-desk.example.org" in hit.evidence
+
+
+def test_mailto_with_a_garbage_host_is_not_named(rules):
+    msg = mail(
+        "Support <team@kq7zt-mailer.example.net>",
+        "Account",
+        "Your account has been suspended. Click here to confirm your payment details.",
+        link="mailto:x@<b>not a host</b>",
+    )
+    for f in evaluate(rules, msg).findings:
+        assert "not a host" not in f.evidence
