@@ -211,7 +211,12 @@ def check_lure_link(
     if domain and lure_host(data, domain, ""):
         yield Hit("phishing.lure-link", "from", f"{talks}; sent from {domain}")
         return
-    if "click_link" in concepts or any(h.check in _CORROBORATING for h in hits):
+    # In a conversation (the message answers another one) a call to click a link is
+    # ordinary work ("verify the account flow on staging, click here"): there the lure
+    # counts only with a sign of deceit.
+    conversation = bool(msg.in_reply_to or msg.references)
+    clicked = "click_link" in concepts and not conversation
+    if clicked or any(h.check in _CORROBORATING for h in hits):
         third = _third_site(data.catalogue, msg, sender_org)
         if third:
             yield Hit("phishing.lure-link", "links", f"{talks}; the link goes to {third}")

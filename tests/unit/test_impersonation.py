@@ -384,3 +384,24 @@ def test_mailto_with_a_garbage_host_is_not_named(rules):
     )
     for f in evaluate(rules, msg).findings:
         assert "not a host" not in f.evidence
+
+
+def test_call_to_click_in_a_conversation_needs_a_sign_of_deceit(rules):
+    text = "Please verify your account on staging works now, click here to log in and check."
+    msg = EmailMessage()
+    msg["From"] = "Dana Whitfield <dana@whitfield-apps.example>"
+    msg["To"] = "me@freelancer.example"
+    msg["Subject"] = "Re: staging build"
+    msg["In-Reply-To"] = "<build-17@freelancer.example>"
+    msg["References"] = "<build-17@freelancer.example>"
+    msg.set_content(text)
+    msg.add_alternative(
+        f'<p>{text}</p><p><a href="https://staging.client-apps.example.org/login">Staging</a></p>',
+        subtype="html",
+    )
+    reply = parse_message(msg.as_bytes())
+    assert not any(f.rule == "phishing.lure-link" for f in evaluate(rules, reply).findings)
+    # the same words as a first message (no conversation) are a lure with a link away
+    first = mail("Dana Whitfield <dana@whitfield-apps.example>", "Staging", text,
+                 link="https://staging.client-apps.example.org/login")  # fmt: skip
+    assert any(f.rule == "phishing.lure-link" for f in evaluate(rules, first).findings)
