@@ -17,9 +17,9 @@ messages) in INBOX and Sent, by MULTIAPPEND, under two users: ``--messages`` and
    goes (exclusive seconds per phase; timers wrapped around guard functions).
 3. scale: peak RSS of the first scan of ``--small`` vs ``--messages``; ``--cycles`` polls
    of the unchanged large mailbox in one process (``scan_worker.py polls``: time of each
-   ``guard.scan.scan`` call, its IMAP commands and FETCH commands); the same poll as the
+   ``guard.service.scan.scan`` call, its IMAP commands and FETCH commands); the same poll as the
    CLI (Python start-up included); then 10 new messages (6 ordinary, 1 risky, 3 replies
-   to old threads) appended to each mailbox and picked up by ``guard.scan.scan`` in this
+   to old threads) appended to each mailbox and picked up by ``guard.service.scan.scan`` in this
    process, several rounds, large and small alternating (wall and CPU time).
 4. daemon: two ``inbox-guard run`` processes on copies of the large store, side by side
    for ``--idle-seconds`` after their first poll: one with the default poll interval
@@ -240,7 +240,7 @@ def polls(big: Account, small: Account, cycles: int, rows: list[Row]) -> dict[st
     rows.append(
         Row(
             "3",
-            "poll of the unchanged large mailbox (guard.scan.scan in-process)",
+            "poll of the unchanged large mailbox (guard.service.scan.scan in-process)",
             f"0 FETCH, <= {POLL_MAX_COMMANDS} cmds, <= {POLL_TARGET_MS:.0f} ms",
             f"median {med:.1f} ms (p90 {p90:.1f}, first {times[0]:.1f}; guard CPU "
             f"{med_cpu:.1f} ms); {info['commands']} commands, {info['fetch_commands']} FETCH; "
@@ -297,10 +297,10 @@ def measure_pickup(
     seed: int,
 ) -> dict[str, dict[str, list[float]]]:
     """Per round and mailbox: append 10 new messages (6 ordinary, 1 risky, 3 replies to old
-    threads), time ``guard.scan.scan`` picking them up (wall and this process's CPU)."""
+    threads), time ``guard.service.scan.scan`` picking them up (wall and this process's CPU)."""
     from guard.config import load_config
     from guard.policy import load_rules
-    from guard.scan import ScanSettings, scan
+    from guard.service.scan import ScanSettings, scan
     from guard.store import Store
 
     opened = {}

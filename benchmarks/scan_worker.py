@@ -3,7 +3,7 @@
     python benchmarks/scan_worker.py polls --config C [--cycles 100]
     python benchmarks/scan_worker.py breakdown --config C
 
-``polls``: ``guard.scan.scan`` called ``--cycles`` times in one process against a mailbox
+``polls``: ``guard.service.scan.scan`` called ``--cycles`` times in one process against a mailbox
 that does not change: the time of each call (connect, STARTTLS, login, STATUS per folder,
 store look-ups, logout: the whole poll, without Python start-up) and the CPU time this
 process used in it (the guard's own work; the rest is waiting for Dovecot), the IMAP and
@@ -39,7 +39,7 @@ from benchlib import proc_rss_mb
 def _open(config_path: Path) -> tuple[Any, Any, Any]:
     from guard.config import load_config
     from guard.policy import load_rules
-    from guard.scan import ScanSettings
+    from guard.service.scan import ScanSettings
     from guard.store import Store
 
     logging.getLogger("mailparser").setLevel(logging.CRITICAL)
@@ -52,7 +52,7 @@ def _open(config_path: Path) -> tuple[Any, Any, Any]:
 
 
 def polls(config_path: Path, cycles: int) -> dict[str, Any]:
-    from guard.scan import scan
+    from guard.service.scan import scan
 
     settings, store, rules = _open(config_path)
     times: list[float] = []
@@ -136,14 +136,14 @@ class _Phases:
 def breakdown(config_path: Path) -> dict[str, Any]:
     import sqlmodel
 
-    import guard.imap as imap
-    import guard.scan as scan_mod
+    import guard.mailbox.imap as imap
+    import guard.mailbox.threads as threads_mod
+    import guard.service.scan as scan_mod
     import guard.store as st
-    import guard.threads as threads_mod
 
     phases = _Phases()
     patches: Sequence[tuple[Any, str, str]] = (
-        (scan_mod, "parse_message", "parse (guard.message.parse_message)"),
+        (scan_mod, "parse_message", "parse (guard.mail.message.parse_message)"),
         (scan_mod, "evaluate", "policy (guard.policy.evaluate)"),
         (threads_mod, "assign_batch", "threading (threads.assign_batch)"),
         (scan_mod._Scanner, "update_threads", "thread rows (_Scanner.update_threads)"),

@@ -9,9 +9,9 @@ with 2-4 findings each, some findings on ham), the thread rows and refs, the ori
 flagged threads (evidence), a scan run every 5 minutes (a daemon with the default poll
 interval), and one digest a day. Then times, median of ``--runs`` fresh sessions:
 
-- ``guard.digest.select_digest`` for one day (the daily digest's findings query: threads
+- ``guard.reports.digest.select_digest`` for one day (the daily digest's findings query: threads
   updated in the window, their messages and findings, scan totals);
-- ``guard.digest.preview`` for the same day (period look-up, selection and rendering);
+- ``guard.reports.digest.preview`` for the same day (period look-up, selection and rendering);
 - ``guard.store.threads_since`` for one day (``inbox-guard findings --since 1d``), and the
   whole findings listing (each thread's messages and findings);
 - ``select_digest`` of the first digest ever (no start: every flagged thread), for scale;
@@ -282,9 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here (for run.py)")
     args = parser.parse_args(argv)
 
-    from guard import digest
     from guard import store as st
     from guard.config import load_config
+    from guard.reports import digest
 
     work = Path(tempfile.mkdtemp(prefix="inbox-guard-bench-db-", dir=args.dir))
     try:

@@ -275,9 +275,9 @@ def check(
     ] = Level.none,
 ) -> None:
     """Check message files and print a verdict for each message."""
-    from guard.message import parse_message
+    from guard.mail.message import parse_message
+    from guard.mail.sources import SourceError, iter_sources
     from guard.policy import evaluate, level_at_least
-    from guard.sources import SourceError, iter_sources
 
     ruleset = _load_rules(rules or [])
     read_errors = 0
@@ -378,9 +378,9 @@ def eval_command(
 ) -> None:
     """Measure the rules on a corpus: per-category precision/recall/F1, flag rates, misses."""
     from guard import evaluation as ev
-    from guard.message import parse_message
+    from guard.mail.message import parse_message
+    from guard.mail.sources import SourceError, iter_sources, read_message_file
     from guard.policy import evaluate
-    from guard.sources import SourceError, iter_sources, read_message_file
 
     if all_ham and all_risky:
         fail("--all-ham and --all-risky cannot be used together")
@@ -466,7 +466,7 @@ def _eval_table(
     jobs: int,
 ) -> None:
     """``eval --table``: one line and status 0 when the root is absent (it is optional)."""
-    from guard.eval_corpora import run_table
+    from guard.evaluation.corpora import run_table
 
     if not root.exists():
         sys.stdout.write(clean(f"corpus root '{root}' is absent: nothing to evaluate") + "\n")
@@ -566,8 +566,8 @@ def scan(
     With several [[account]] blocks each mailbox is scanned in turn; --format json then
     prints one summary object per line, each with its "account"."""
     from guard.config import ConfigError
-    from guard.scan import ScanError, ScanSettings
-    from guard.scan import scan as run_scan
+    from guard.service.scan import ScanError, ScanSettings
+    from guard.service.scan import scan as run_scan
 
     _setup_logging(verbose)
     config = _load_config(config_path)
@@ -670,7 +670,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run as a service: scan every poll interval, send the daily digest."""
-    from guard.daemon import run as run_daemon
+    from guard.service.daemon import run as run_daemon
 
     raise typer.Exit(run_daemon(config_path, verbose))
 
@@ -683,7 +683,7 @@ def doctor(config_path: ConfigOption = None) -> None:
     """Check config, secrets, DNS, TLS, login, folders, labels, database and SMTP.
 
     One line per check, with a hint for each failure; exit 1 if any failed."""
-    from guard.doctor import run_checks
+    from guard.service.doctor import run_checks
 
     _quiet_libraries()
     failed = 0
@@ -724,7 +724,7 @@ def digest(
     html: Annotated[bool, typer.Option("--html", help="Print the HTML part instead.")] = False,
 ) -> None:
     """Print the digest of what was found since the last one, or send it."""
-    from guard import digest as dg
+    from guard.reports import digest as dg
     from guard.store import StoreError
 
     if send and (preview or since):
@@ -970,7 +970,7 @@ def export(
     MANIFEST.json with the reason), or its hash could not be mailed, or on a store or
     server failure; 2 on bad usage.
     """
-    from guard import export as ex
+    from guard.reports import export as ex
     from guard.store import StoreError
 
     if thread is not None and (query is not None or sender is not None):
@@ -1105,7 +1105,7 @@ def verify(
     stderr per problem); 2 when FILE.zip or one of its entries cannot be read (not a zip,
     truncated, encrypted, another compression, damaged) or on bad usage.
     """
-    from guard import export as ex
+    from guard.reports import export as ex
 
     if expect is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expect.strip()):
         fail("--expect must be a SHA-256: 64 hexadecimal digits")
@@ -1152,7 +1152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:  # never die on a character the terminal cannot show
             reconfigure(errors="backslashreplace")
-    from guard.message import tune_allocator
+    from guard.mail.message import tune_allocator
 
     tune_allocator()  # a glibc heap pad: HTML parsing stops faulting pages in per message
     command = typer.main.get_command(app)

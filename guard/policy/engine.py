@@ -21,7 +21,7 @@ from typing import Any
 
 import re2
 
-from guard.message import Message
+from guard.mail.message import Message
 from guard.policy.brands import Catalogue, load_brands, parse_brands
 from guard.policy.concepts import ConceptSet, compile_concepts
 from guard.policy.impersonation import (

@@ -26,7 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from functools import lru_cache
 
-from guard.message import Message
+from guard.mail.message import Message
 from guard.policy import concepts as cn
 from guard.policy import engine
 from guard.policy.learned import FeatureView, Weights, load_weights

@@ -298,7 +298,7 @@ SLOW_ENTRY = """
 import os, sys, time
 from pathlib import Path
 
-import guard.scan as scan_module
+import guard.service.scan as scan_module
 
 marker = Path(os.environ["SLOW_MARKER"])
 seconds = float(os.environ["SLOW_SECONDS"])

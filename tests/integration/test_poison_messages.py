@@ -199,7 +199,7 @@ def test_message_the_store_refuses_is_recorded_as_unreadable_and_the_scan_goes_o
     "unreadable" (UID, hash, the unchecked finding), never the end of the scan."""
     from guard.config import load_config
     from guard.policy import load_rules
-    from guard.scan import ScanSettings, scan
+    from guard.service.scan import ScanSettings, scan
 
     mailbox.append_many([_ordinary(0), _ordinary(1), POISONS["nul-subject"], _ordinary(3)])
     config = load_config(write_config(tmp_path, mailbox, store_url))
@@ -324,7 +324,7 @@ def _property_run(
 ) -> None:
     from guard.config import load_config
     from guard.policy import load_rules
-    from guard.scan import ScanSettings, scan
+    from guard.service.scan import ScanSettings, scan
 
     counter[0] += 1
     acct = dovecot.account(f"poison-prop-{counter[0]}-{os.getpid()}")

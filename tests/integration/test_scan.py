@@ -24,7 +24,7 @@ from support.servers import MailAccount
 
 from guard.config import load_config
 from guard.policy import load_rules
-from guard.scan import ScanSettings, scan
+from guard.service.scan import ScanSettings, scan
 from guard.store import Store
 
 DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"

@@ -22,13 +22,13 @@ from support.configs import write_config
 from support.mail import harmless, make, risky_payment
 from support.servers import MailAccount
 
-from guard import digest as dg
-from guard import imap as imap_module
 from guard import store as st
 from guard.config import Config, load_config
+from guard.mailbox import imap as imap_module
 from guard.policy import load_rules
 from guard.policy.model import UNCHECKED_CATEGORY, UNCHECKED_RULE, unchecked_finding
-from guard.scan import ScanSettings, ScanSummary, scan
+from guard.reports import digest as dg
+from guard.service.scan import ScanSettings, ScanSummary, scan
 
 PADDING = "Some ordinary project notes, nothing to worry about here at all.\n"
 

@@ -50,11 +50,11 @@ from support.mail import CONTACT_BODY, HARMLESS_BODIES, PAYMENT_BODY, make
 from support.proxy import CutRule, FaultProxy
 from support.servers import Dovecot, MailAccount, SmtpSink
 
-from guard import digest as dg
 from guard import store as st
 from guard.config import load_config
 from guard.policy import load_rules
-from guard.scan import ScanError, ScanSettings, scan
+from guard.reports import digest as dg
+from guard.service.scan import ScanError, ScanSettings, scan
 
 CLI = [sys.executable, "-m", "guard"]
 RULES = load_rules()
@@ -1204,7 +1204,7 @@ def test_digest_stays_pending_through_smtp_faults_then_is_sent_once(
     fault = SMTP_FAULTS[seed % len(SMTP_FAULTS)]  # every fault within the first four seeds
     # Anywhere before the end of the data; the end itself is dropped unsent, so the server
     # never has the whole message (a lost "250" after it is the one window in which SMTP
-    # allows a duplicate: see guard/digest.py _send_rows).
+    # allows a duplicate: see guard/reports/digest.py _send_rows).
     pattern = rng.choice([b"EHLO", b"AUTH", b"MAIL FROM", b"RCPT TO", b"DATA\r\n", b"\r\n.\r\n"])
     reply_bytes = None if b"." in pattern else rng.choice([None, 0, 3])
     rules: list[CutRule] = []

@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 from sqlmodel import select
 
-from guard import digest as dg
 from guard import store as st
 from guard.config import Config
+from guard.reports import digest as dg
 
 T0 = datetime(2026, 11, 20, 9, 0)  # naive UTC, as the store keeps times
 ACCOUNT = "default"

@@ -29,10 +29,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from guard import export as ex
 from guard import store as st
 from guard.cli import main
-from guard.message import parse_message
+from guard.mail.message import parse_message
+from guard.reports import export as ex
 
 NOW = datetime(2026, 11, 25, 12, 0, 0)
 HOSTILE = (

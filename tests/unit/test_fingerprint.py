@@ -9,7 +9,7 @@ from string import ascii_lowercase
 
 import pytest
 
-from guard.fingerprint import (
+from guard.policy.fingerprint import (
     MAX_CHARS,
     SIMILAR,
     Fingerprint,
@@ -331,7 +331,7 @@ def test_a_good_string_with_one_hash_parses() -> None:
 def test_the_same_text_gives_the_same_string_in_another_process(seed: str) -> None:
     code = (
         "import sys\n"
-        "from guard.fingerprint import fingerprint\n"
+        "from guard.policy.fingerprint import fingerprint\n"
         "sys.stdout.write(fingerprint(sys.stdin.read()).to_text())\n"
     )
     env = dict(os.environ, PYTHONHASHSEED=seed)

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
-from guard import drafts, msgid, threads
 from guard import store as st
-from guard.message import parse_message
+from guard.mail import msgid
+from guard.mail.message import parse_message
+from guard.mailbox import threads
+from guard.reports import drafts
 
 CRLF_WORD = (
     "=?utf-8?q?<id@x.example>=0D=0ABcc:_attacker@evil.example=0D=0AContent-Type:_text/html"

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from guard.message import parse_message
+from guard.mail.message import parse_message
 from guard.policy import evaluate, load_rules
 
 RULE = "phishing.brand-impersonation"

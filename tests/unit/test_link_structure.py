@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from guard.message import SCRIPT_HREF_CHARS, parse_message
+from guard.mail.message import SCRIPT_HREF_CHARS, parse_message
 from guard.policy import evaluate, load_rules
 from guard.policy.structural import ip_of_host, run_checks
 

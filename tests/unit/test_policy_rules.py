@@ -15,7 +15,7 @@ import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guard.message import Address, Attachment, AuthResults, Message
+from guard.mail.message import Address, Attachment, AuthResults, Message
 from guard.policy import evaluate, load_rules
 from guard.policy.engine import _Compiler, _distance, _nearest, _within
 from guard.policy.engine import evaluate as evaluate_rules

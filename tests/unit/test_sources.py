@@ -1,4 +1,4 @@
-"""guard.sources: files, directories, Maildirs and mboxes to (name, raw bytes)."""
+"""guard.mail.sources: files, directories, Maildirs and mboxes to (name, raw bytes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.sources import Source, SourceError, iter_sources
+from guard.mail.sources import Source, SourceError, iter_sources
 
 MSG = b"From: a@example.com\nTo: b@example.org\nSubject: %s\n\nHello %s.\n"
 

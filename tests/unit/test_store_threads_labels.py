@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from support.mail import make
 
-from guard import labels as lb
 from guard import store as st
-from guard import threads
-from guard.message import parse_message
+from guard.mail.message import parse_message
+from guard.mailbox import labels as lb
+from guard.mailbox import threads
 
 # --------------------------------------------------------------------------- store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guard.message import Address, Attachment, AuthResults, Link, Message
+from guard.mail.message import Address, Attachment, AuthResults, Link, Message
 from guard.policy import RulesError, evaluate, load_rules
 
 PASS = AuthResults(spf="pass", dkim="pass", dmarc="pass", dkim_domains=("upwork.com",))

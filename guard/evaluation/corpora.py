@@ -117,9 +117,9 @@ def _judge_shard(
 ) -> tuple[list[tuple[int, ev.Outcome]], list[str], list[str]]:
     """Outcomes of messages ``index, index + count, ...`` of one corpus, with their
     positions; read errors and engine errors as one-line messages."""
-    from guard.message import parse_message
+    from guard.mail.message import parse_message
+    from guard.mail.sources import SourceError, iter_sources, read_message_file
     from guard.policy import evaluate
-    from guard.sources import SourceError, iter_sources, read_message_file
 
     corpus = shard.corpus
     done: list[tuple[int, ev.Outcome]] = []

@@ -18,9 +18,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from guard.config import Account, Config, ConfigError, ImapSettings, load_config
-from guard.imap import SENT, Connection, ImapError
-from guard.labels import fixed_mode, keyword_mode
-from guard.scan import ScanSettings
+from guard.mailbox.imap import SENT, Connection, ImapError
+from guard.mailbox.labels import fixed_mode, keyword_mode
+from guard.service.scan import ScanSettings
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def _smtp(config: Config, env: Mapping[str, str]) -> Iterator[Check]:
         yield Check("smtp", None, "no [smtp]/[digest]: no daily digest will be sent")
         return
     try:
-        from guard import digest
+        from guard.reports import digest
     except ImportError:
         yield Check("smtp", None, "digest support not installed")
         return

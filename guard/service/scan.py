@@ -31,15 +31,16 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from guard import drafts, threads
-from guard import labels as labelling
 from guard import store as st
 from guard.config import Config, default_state_dir
-from guard.imap import SENT, Connection, Fetched, ImapError, Selected, ServerSettings
-from guard.message import Message, parse_message
+from guard.mail.message import Message, parse_message
+from guard.mailbox import labels as labelling
+from guard.mailbox import threads
+from guard.mailbox.imap import SENT, Connection, Fetched, ImapError, Selected, ServerSettings
 from guard.policy import LEVELS, RuleSet, Verdict, evaluate, level_at_least
 from guard.policy.model import UNCHECKED_RULE, unchecked_finding
 from guard.policy.structural import is_trusted_platform_sender
+from guard.reports import drafts
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from guard import msgid, store
-from guard.message import Message
+from guard import store
+from guard.mail import msgid
+from guard.mail.message import Message
 from guard.policy.engine import RuleSet, _verdict
 from guard.policy.model import Finding, Verdict
 
@@ -59,7 +60,7 @@ Trusted = Callable[[Message], bool]
 def message_ids(header: str | None) -> list[str]:
     """The valid ids of a Message-ID / In-Reply-To / References header, in order, without
     their angle brackets (ids are compared as written). Only strict ``<local@domain>``
-    tokens count (see ``guard.msgid``): encoded words, non-ASCII and other junk are
+    tokens count (see ``guard.mail.msgid``): encoded words, non-ASCII and other junk are
     dropped, so they can neither hijack a thread nor end up in a draft."""
     return [i[1:-1] for i in msgid.parse_list(header)]
 

@@ -15,7 +15,7 @@ import jinja2
 @functools.cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("guard", "templates"),
+        loader=jinja2.PackageLoader("guard.reports", "templates"),
         autoescape=jinja2.select_autoescape(
             enabled_extensions=("html", "html.j2"), default_for_string=True, default=False
         ),

@@ -30,10 +30,10 @@ from pathlib import Path
 import jinja2
 from sqlmodel import Session
 
-from guard import msgid
 from guard import store as st
-from guard.imap import DRAFTS, Connection
-from guard.message import Message
+from guard.mail import msgid
+from guard.mail.message import Message
+from guard.mailbox.imap import DRAFTS, Connection
 from guard.store import DraftRecord
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import imapclient.imapclient
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from guard import msgid
+from guard.mail import msgid
 
 log = logging.getLogger(__name__)
 

@@ -48,14 +48,15 @@ from typing import IO, Any, Protocol
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from guard import __version__, templating
+from guard import __version__
 from guard import store as st
 from guard.config import Config
-from guard.digest import safe_text
-from guard.imap import Connection, ImapError
-from guard.labels import CATEGORY_TITLES
-from guard.message import Message, parse_message
-from guard.threads import strip_reply_prefixes
+from guard.mail.message import Message, parse_message
+from guard.mailbox.imap import Connection, ImapError
+from guard.mailbox.labels import CATEGORY_TITLES
+from guard.mailbox.threads import strip_reply_prefixes
+from guard.reports import templating
+from guard.reports.digest import safe_text
 
 __all__ = [
     "FORMAT",
@@ -264,7 +265,7 @@ class ImapSource:
         conn = self._connections.get(account)
         if conn is None:
             from guard.config import ConfigError
-            from guard.scan import ScanSettings
+            from guard.service.scan import ScanSettings
 
             try:
                 settings = ScanSettings.from_config(self.config, account)
@@ -634,7 +635,7 @@ def _address(name: str, addr: str) -> str:
 
 
 def _safe_block(text: str, limit: int = MAX_BODY_CHARS) -> tuple[str, bool]:
-    """Mail text kept in lines, each made safe like :func:`guard.digest.safe_text`; at most
+    """Mail text kept in lines, each made safe like :func:`guard.reports.digest.safe_text`; at most
     ``limit`` characters and two blank lines in a row."""
     out: list[str] = []
     total = 0
@@ -1152,7 +1153,7 @@ def mail_manifest_hash(
     the bundle, over the digest's own SMTP connection code, so that a dated copy of it
     exists outside the bundle. Returns the recipients; raises ExportError (one line, no
     secret) when ``[digest]``/``[smtp]`` are missing or the mail could not be sent."""
-    from guard import digest as dg
+    from guard.reports import digest as dg
 
     sent_at = (st.as_utc_naive(now) or st.utcnow()).replace(microsecond=0)
     try:
@@ -1189,7 +1190,7 @@ def mail_manifest_hash(
 def _hash_message(
     result: ExportResult, threads: Sequence[ThreadMatch], settings: Any, when: datetime
 ) -> EmailMessage:
-    from guard import digest as dg
+    from guard.reports import digest as dg
 
     name = _plain(result.path.name, 120)
     conversations = "\n".join(

@@ -4,7 +4,7 @@ Three steps, each usable on its own. *Selection* reads the store: the risky thre
 guard changed in the period ``(start, end]`` (``start`` is where the previous digest of the
 account ended, whatever became of it), their messages, evidence and explanations.
 *Rendering* turns that into a text and an HTML part with the Jinja2 templates in
-``guard/templates/``; everything that came from mail is attacker-controlled, so it is
+``guard/reports/templates/``; everything that came from mail is attacker-controlled, so it is
 stripped of control and bidi characters, shortened, defanged (``hxxps://evil[.]example``:
 no client makes a link of it) and, in HTML, escaped by autoescaping. The HTML carries no
 links, images, scripts or forms, and only inline CSS. *Sending* is two-phase: the digest
@@ -42,11 +42,11 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from guard import store as st
-from guard import templating
 from guard.config import Config, ConfigError, DigestSettings, Secret, SmtpSettings
 from guard.config import default_state_dir as _default_state_dir
-from guard.labels import CATEGORY_TITLES, LEVEL_TITLES
+from guard.mailbox.labels import CATEGORY_TITLES, LEVEL_TITLES
 from guard.policy.model import CATEGORIES, LEVELS, UNCHECKED_EXPLANATION, UNCHECKED_RULE
+from guard.reports import templating
 
 __all__ = [
     "ADVICE",

@@ -46,9 +46,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from guard import store as st
 from guard.config import Config, ConfigError, load_config
-from guard.imap import Connection, ImapError
+from guard.mailbox.imap import Connection, ImapError
 from guard.policy import RulesError, RuleSet, load_rules
-from guard.scan import ScanControl, ScanError, ScanSettings, ScanSummary, scan
+from guard.service.scan import ScanControl, ScanError, ScanSettings, ScanSummary, scan
 
 log = logging.getLogger("inbox-guard")
 
@@ -60,7 +60,7 @@ LOGIN_BACKOFF = (300.0, 2.0, 3600.0)  # first delay, factor, cap
 
 
 def _one_line(exc: BaseException) -> str:
-    from guard.imap import ImapError
+    from guard.mailbox.imap import ImapError
 
     text = str(exc) if isinstance(exc, ImapError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())[:200]
@@ -269,7 +269,7 @@ class Daemon:
     def digest_job(self, name: str | None = None) -> None:
         if self.config.digest is None or self.stopping.is_set():
             return
-        from guard import digest
+        from guard.reports import digest
 
         for acct in self.config.accounts:
             if name is not None and acct.name != name:
@@ -287,7 +287,7 @@ class Daemon:
     def _retry_pending_digest(self, name: str) -> None:
         if self.config.digest is None:
             return
-        from guard import digest
+        from guard.reports import digest
 
         try:
             with self.store.session() as session:
@@ -303,7 +303,7 @@ class Daemon:
     def _catch_up_digest(self, name: str) -> None:
         if self.config.digest is None:
             return
-        from guard import digest
+        from guard.reports import digest
 
         try:
             if digest.due(self.store, self.config, name, None):

@@ -1,0 +1,8 @@
+"""The user's mailbox on the IMAP server: connecting, reading folders, setting labels.
+
+Owns the IMAP connection, the label backends (Gmail labels, IMAP keywords, label folders)
+and grouping messages into threads. The only part of ``guard`` that talks IMAP.
+
+May import ``guard.errors``, ``guard.config``, ``guard.mail``, ``guard.policy`` and
+``guard.store``; never ``guard.reports``, ``guard.service`` or ``guard.cli``.
+"""
