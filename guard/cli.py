@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from guard import __version__
+from guard.errors import GuardError, Kind
 
 PROG = "inbox-guard"
 
@@ -68,8 +69,10 @@ app = typer.Typer(
 )
 
 
-class Fail(Exception):
+class Fail(GuardError):
     """A one-line error for the user; ends the command with ``code`` (2: input or usage)."""
+
+    kind = Kind.USAGE
 
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)

@@ -47,6 +47,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from guard.errors import GuardError, Kind
+
 __all__ = [
     "CONFIG_ENV_VAR",
     "MIN_POLL_INTERVAL",
@@ -81,13 +83,15 @@ SECRET_COMMAND_TIMEOUT = 60.0
 _SECRET_READ_LIMIT = 64 * 1024  # a secret is one line; never slurp a huge file or /dev/zero
 
 
-class ConfigError(Exception):
+class ConfigError(GuardError):
     """A configuration problem, as one line fit for a terminal or the journal.
 
     ``problems`` holds each problem separately (``imap.port: must be an integer``);
     ``str(error)`` is the whole line, prefixed with the file when there is one.
     Messages never contain a secret value.
     """
+
+    kind = Kind.CONFIG
 
     def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)

@@ -45,6 +45,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from guard.errors import GuardError, Kind
 from guard.policy.model import CATEGORIES, Verdict, level_at_least
 
 __all__ = [
@@ -85,8 +86,10 @@ __all__ = [
 EVIDENCE_WIDTH = 80
 
 
-class LabelsError(ValueError):
+class LabelsError(GuardError, ValueError):
     """``labels.csv`` is malformed; the message names the file and the line."""
+
+    kind = Kind.INPUT
 
 
 # --------------------------------------------------------------------------- labels

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from guard.errors import GuardError, Kind
+
 __all__ = ["Source", "SourceError", "iter_sources", "read_message_file"]
 
 MBOX_EXTENSIONS = (".mbox", ".mbx")
@@ -49,8 +51,10 @@ class Source:
     raw: bytes
 
 
-class SourceError(OSError):
+class SourceError(GuardError, OSError):
     """A path could not be read. ``str()`` is one line naming the path."""
+
+    kind = Kind.INPUT
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"cannot read '{path}': {reason}")

@@ -26,18 +26,18 @@ import imapclient.imapclient
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from guard.errors import GuardError, Kind
 from guard.mail import msgid
 
 log = logging.getLogger(__name__)
 
 
-class ImapError(Exception):
+class ImapError(GuardError):
     """A failure talking to the server. ``kind`` is one of: dns, refused, tls, login,
     timeout, folder, protocol, network, config (the secret could not be read)."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+    def __init__(self, kind: Kind | str, message: str) -> None:
+        super().__init__(message, kind=kind)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from guard.errors import GuardError, Kind
+
 CATEGORIES: tuple[str, ...] = (
     "off_platform_payment",
     "off_platform_contact",
@@ -29,8 +31,10 @@ UNCHECKED_EXPLANATION = (
 )
 
 
-class RulesError(ValueError):
+class RulesError(GuardError, ValueError):
     """A rules file is unreadable or invalid; the message names the file and the key."""
+
+    kind = Kind.RULES
 
 
 @dataclass(frozen=True, slots=True)

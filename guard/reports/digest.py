@@ -44,6 +44,7 @@ from sqlmodel import Session, col, select
 from guard import store as st
 from guard.config import Config, ConfigError, DigestSettings, Secret, SmtpSettings
 from guard.config import default_state_dir as _default_state_dir
+from guard.errors import GuardError, Kind
 from guard.mailbox.labels import CATEGORY_TITLES, LEVEL_TITLES
 from guard.policy.model import CATEGORIES, LEVELS, UNCHECKED_EXPLANATION, UNCHECKED_RULE
 from guard.reports import templating
@@ -89,9 +90,11 @@ RUN_STALE_AFTER = timedelta(hours=6)
 """An unfinished scan run older than this is taken as crashed (see :func:`_settled_end`)."""
 
 
-class DigestError(Exception):
+class DigestError(GuardError):
     """The digest cannot be built or sent at all (not configured, another run holds the
     lock); one line fit for the journal."""
+
+    kind = Kind.OUTPUT
 
 
 # --------------------------------------------------------------------------- mail text safety
@@ -921,7 +924,7 @@ def summarize(results: Sequence[SendResult]) -> str:
     return f"{len(sent)} of {len(results)} digests sent; {first}"
 
 
-class _SendFailure(Exception):
+class _SendFailure(GuardError):
     """A clean one-line reason; ``connection_lost``: the rest cannot go on this session."""
 
     def __init__(self, line: str, *, connection_lost: bool) -> None:

@@ -51,6 +51,7 @@ from sqlmodel import Session, col
 from guard import __version__
 from guard import store as st
 from guard.config import Config
+from guard.errors import GuardError, Kind
 from guard.mail.message import Message, parse_message
 from guard.mailbox.imap import Connection, ImapError
 from guard.mailbox.labels import CATEGORY_TITLES
@@ -94,16 +95,22 @@ _FILE_MODE = 0o100600  # regular file, rw for the owner only (zip "external attr
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class ExportError(Exception):
+class ExportError(GuardError):
     """The bundle cannot be written (nothing was left behind); one line saying why."""
 
+    kind = Kind.OUTPUT
 
-class BundleError(Exception):
+
+class BundleError(GuardError):
     """The file is not a readable bundle at all (missing, not a zip, truncated, corrupt)."""
 
+    kind = Kind.INPUT
 
-class SourceUnavailable(Exception):
+
+class SourceUnavailable(GuardError):
     """The server cannot give these messages; the message is the reason, in one line."""
+
+    kind = Kind.NETWORK
 
 
 # --------------------------------------------------------------------------- finding threads
@@ -1259,7 +1266,7 @@ class _Expected:
     recorded_bytes: int | None = None  # ... when it covers only the first bytes
 
 
-class _Unreadable(Exception):
+class _Unreadable(GuardError):
     """A member that cannot be read safely: the bundle is not readable (exit 2)."""
 
 

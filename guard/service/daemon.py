@@ -46,17 +46,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from guard import store as st
 from guard.config import Config, ConfigError, load_config
+from guard.errors import GuardError, kind_of, retry_delay
 from guard.mailbox.imap import Connection, ImapError
 from guard.policy import RulesError, RuleSet, load_rules
-from guard.service.scan import ScanControl, ScanError, ScanSettings, ScanSummary, scan
+from guard.service.scan import ScanControl, ScanSettings, ScanSummary, scan
 
 log = logging.getLogger("inbox-guard")
 
 STOP_GRACE = 7.0  # seconds a running scan may take to reach a stopping point after SIGTERM
 STOP_CUT_WAIT = 2.0  # then seconds after cutting its connection, before exiting without it
 STOP_BACKSTOP = 9.5  # hard exit if even that could not run (a C call holding the GIL)
-NETWORK_BACKOFF = (5.0, 2.0)  # first delay, factor (capped at the poll interval)
-LOGIN_BACKOFF = (300.0, 2.0, 3600.0)  # first delay, factor, cap
 
 
 def _one_line(exc: BaseException) -> str:
@@ -204,11 +203,8 @@ class Daemon:
             try:
                 settings = ScanSettings.from_config(config, name)
                 summary = scan(settings, self.store, rules, control=self._control(state))
-            except ScanError as exc:
+            except GuardError as exc:  # ScanError, StoreError, ConfigError: each with its kind
                 self._scan_failed(state, exc)
-                return
-            except (st.StoreError, ConfigError) as exc:
-                self._scan_failed(state, ScanError(str(exc), kind="store"))
                 return
         if state.failures:
             log.info(
@@ -240,19 +236,14 @@ class Daemon:
         else:
             self._retry_pending_digest(name)
 
-    def _scan_failed(self, state: AccountState, exc: ScanError) -> None:
+    def _scan_failed(self, state: AccountState, exc: GuardError) -> None:
         if self.stopping.is_set():
             log.info("%sscan ended by the stop: %s", _who(self.config, state.name), exc)
             return
         state.failures += 1
         state.last_error = str(exc)
-        poll = float(self.config.schedule.poll_interval)
-        if exc.kind in ("login", "config"):
-            first, factor, cap = LOGIN_BACKOFF
-            delay = min(first * factor ** (state.failures - 1), max(cap, poll))
-        else:
-            first, factor = NETWORK_BACKOFF
-            delay = min(first * factor ** (state.failures - 1), poll)
+        # Never longer than the schedule would wait, except for a refused login.
+        delay = retry_delay(exc.kind, state.failures, float(self.config.schedule.poll_interval))
         log.error(
             "%sscan failed (%s): %s; retrying in %.0f s",
             _who(self.config, state.name),
@@ -352,12 +343,7 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 failures += 1
-                if isinstance(exc, ImapError) and exc.kind in ("login", "config"):
-                    # a refused login: as slowly as the scan's, never a lockout storm
-                    first, factor, cap = LOGIN_BACKOFF
-                    delay = min(first * factor ** (failures - 1), cap)
-                else:
-                    delay = min(NETWORK_BACKOFF[0] * NETWORK_BACKOFF[1] ** (failures - 1), 300.0)
+                delay = retry_delay(kind_of(exc), failures)
                 log.error(
                     "%sIDLE connection failed: %s; retrying in %.0f s",
                     _who(self.config, name),

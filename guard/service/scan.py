@@ -33,6 +33,7 @@ from sqlmodel import Session
 
 from guard import store as st
 from guard.config import Config, default_state_dir
+from guard.errors import GuardError, Kind
 from guard.mail.message import Message, parse_message
 from guard.mailbox import labels as labelling
 from guard.mailbox import threads
@@ -194,19 +195,21 @@ class ScanSummary:
         return out
 
 
-class ScanError(Exception):
-    """The scan could not complete; the message says why in one line."""
+class ScanError(GuardError):
+    """The scan could not complete; the message says why in one line. ``kind`` is the
+    cause's (an ``ImapError``'s "login", a ``StoreError``'s "store" …)."""
 
     def __init__(
-        self, message: str, summary: ScanSummary | None = None, kind: str = "scan"
+        self, message: str, summary: ScanSummary | None = None, kind: Kind | str = Kind.SCAN
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, kind=kind)
         self.summary = summary
-        self.kind = kind
 
 
-class ScanStopped(Exception):
+class ScanStopped(GuardError):
     """A stop was requested: the scan ends before judging or writing anything more."""
+
+    kind = Kind.STOPPED
 
 
 def _with_unchecked(verdict: Verdict, reason: str) -> Verdict:

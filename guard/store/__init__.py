@@ -28,11 +28,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from guard.errors import GuardError, Kind
+
 SCHEMA_VERSION = 3
 
 
-class StoreError(Exception):
+class StoreError(GuardError):
     """The store cannot be opened or written; the message says why in one line."""
+
+    kind = Kind.STORE
 
 
 class RowRefused(StoreError):
