@@ -6,16 +6,16 @@
 
 Times, over the same messages held in memory, in the same process,
   (a) ``mailparser.parse_from_bytes``                     - the floor: parsing alone;
-  (b) ``guard.mail.message.parse_message`` + ``policy.evaluate`` - what ``check`` does per message,
+  (b) ``guard.mail.parse_message`` + ``policy.evaluate`` - what ``check`` does per message,
 and prints messages/s and the ratio b/a beside the target (0.75: the guard's own work may
 cost at most a third on top of parsing). For where the time goes it also times
 ``parse_message`` alone and ``email.message_from_bytes``, the stdlib MIME parse that both
 (a) and (b) start with. ``parse_message`` runs only the parts of mail-parser whose results
-it uses (see ``guard.mail.message._read_mail``), so (b) can beat (a) on mail with many Received
+it uses (see ``guard.mail.mime.read_mail``), so (b) can beat (a) on mail with many Received
 headers. Every pipeline first runs once over all messages (imports, compiled patterns,
 the RE2 automata's caches), then the timed rounds take turns, (a) (b) (a) (b)..., so that
 load from other processes hits both alike; the best round of each is kept. Like ``check``,
-the process first calls ``guard.mail.message.tune_allocator()`` (``GUARD_MALLOC_DEFAULTS=1``
+the process first calls ``guard.mail.tune_allocator()`` (``GUARD_MALLOC_DEFAULTS=1``
 skips it).
 Without ``--corpus`` the messages are generated here, deterministically: about 60 % ordinary
 mail (plain text, multipart/alternative with HTML, a newsletter, a notification with links)
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import mailparser
 
-    from guard.mail.message import parse_message, tune_allocator
+    from guard.mail import parse_message, tune_allocator
     from guard.policy import Verdict, evaluate, load_rules
 
     tuned = tune_allocator()

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/parallel_parse.py [--messages 10000] [--json FILE]
 
-``guard.mail.message.parse_message`` + ``guard.policy.evaluate`` is the largest share of a first
+``guard.mail.parse_message`` + ``guard.policy.evaluate`` is the largest share of a first
 scan. This measures, on the benchmark mailbox mix, what moving it into worker processes
 could gain, without changing ``guard/``:
 
@@ -50,7 +50,7 @@ def _init() -> None:
 
 
 def judge(raw: bytes) -> tuple[Any, Any]:
-    from guard.mail.message import parse_message
+    from guard.mail import parse_message
     from guard.policy import evaluate
 
     msg = parse_message(raw)

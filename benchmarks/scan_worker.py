@@ -138,19 +138,21 @@ def breakdown(config_path: Path) -> dict[str, Any]:
 
     import guard.mailbox.imap as imap
     import guard.mailbox.threads as threads_mod
+    import guard.service.labelling as labelling_mod
+    import guard.service.recording as recording_mod
     import guard.service.scan as scan_mod
     import guard.store as st
 
     phases = _Phases()
     patches: Sequence[tuple[Any, str, str]] = (
-        (scan_mod, "parse_message", "parse (guard.mail.message.parse_message)"),
-        (scan_mod, "evaluate", "policy (guard.policy.evaluate)"),
+        (recording_mod, "parse_message", "parse (guard.mail.parse_message)"),
+        (recording_mod, "evaluate", "policy (guard.policy.evaluate)"),
         (threads_mod, "assign_batch", "threading (threads.assign_batch)"),
-        (scan_mod._Scanner, "update_threads", "thread rows (_Scanner.update_threads)"),
-        (scan_mod._Scanner, "new_row", "message row objects (_Scanner.new_row)"),
+        (labelling_mod.Labeller, "update_threads", "thread rows (Labeller.update_threads)"),
+        (recording_mod.Recorder, "new_row", "message row objects (Recorder.new_row)"),
         (scan_mod._Scanner, "scan_batch", "rest of scan_batch (hashes, findings, loop)"),
-        (scan_mod._Scanner, "write_labels", "labels: store side (write_labels, apply)"),
-        (scan_mod._Scanner, "keep_evidence", "evidence (keep_evidence)"),
+        (labelling_mod.Labeller, "write_labels", "labels: store side (write_labels, apply)"),
+        (labelling_mod.Labeller, "keep_evidence", "evidence (keep_evidence)"),
         (scan_mod._Scanner, "scan_folder", "folder loop, state (scan_folder)"),
         (imap.Connection, "add_keywords", "labels: IMAP STORE/COPY/LIST"),
         (imap.Connection, "copy", "labels: IMAP STORE/COPY/LIST"),

@@ -2,7 +2,9 @@
 
 Nothing starts unless a test asks for it: session-scoped ``dovecot`` and ``postgres`` start on
 first use; ``mailbox``, ``gmail``, ``postgres_url``, ``smtp_sink`` and ``smtp_sink_factory`` are
-per test. A server that cannot start makes the test fail (error at setup), never skip: run
+per test, and so are ``daemons`` (``inbox-guard run`` subprocesses, ``tests/support/cli.py``)
+and ``store_url`` (each test once on SQLite, once on PostgreSQL).
+A server that cannot start makes the test fail (error at setup), never skip: run
 ``tests/support/install-test-servers`` (``make test`` does) to install them.
 
 Test files import the helpers as ``from support.servers import ...``: this file puts ``tests/``
@@ -12,9 +14,12 @@ on ``sys.path`` (pytest's default prepend import mode).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import pytest
+from support.cli import Daemon
+from support.closing import made_by
 from support.servers import (
     CertPair,
     Dovecot,
@@ -106,14 +111,24 @@ def smtp_sink(tls_cert: CertPair) -> Iterator[SmtpSink]:
 @pytest.fixture
 def smtp_sink_factory(tls_cert: CertPair) -> Iterator[Callable[..., SmtpSink]]:
     """``smtp_sink_factory(**SmtpSink options)``: more sinks (e.g. ``require_auth=True``)."""
-    sinks: list[SmtpSink] = []
 
-    def factory(**options: Any) -> SmtpSink:
+    def start(**options: Any) -> SmtpSink:
         options.setdefault("cert", tls_cert)
-        sink = _start("SMTP sink", lambda: SmtpSink(**options))
-        sinks.append(sink)
-        return sink
+        return _start("SMTP sink", lambda: SmtpSink(**options))
 
-    yield factory
-    for sink in sinks:
-        sink.close()
+    yield from made_by(start, SmtpSink.close)
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    """``daemons(config, **Daemon options)``: start ``inbox-guard run``; killed after the test
+    if it still runs."""
+    yield from made_by(Daemon, Daemon.close)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL, once on SQLite (``tmp_path/guard.sqlite3``), once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'guard.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))

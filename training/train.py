@@ -36,7 +36,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize
 
-from guard.mail.message import parse_message
+from guard.mail import parse_message
 from guard.policy import CATEGORIES, load_rules
 from guard.policy.impersonation import LURE_CONCEPTS
 from guard.policy.judge import feature_view

@@ -7,7 +7,7 @@ as ``--all-ham`` and ``--all-risky``. Each corpus is cut into shards judged in `
 worker processes (the engine is CPU-bound); the outcomes come back in corpus order, so the
 table and the miss lists are the same whatever the number of processes.
 
-The figures are defined in :mod:`guard.evaluation`.
+The figures are defined in :mod:`guard.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard import evaluation as ev
+from guard.evaluation.labels import LABELS, LabelRow, LabelsError, parse_label_rows
+from guard.evaluation.metrics import (
+    CorpusRow,
+    Outcome,
+    corpus_row,
+    outcome_from_verdict,
+    summary_rows,
+    table_misses,
+)
+from guard.evaluation.report import (
+    render_misses,
+    render_table,
+    render_table_markdown,
+    table_legend,
+    table_to_dict,
+)
+from guard.evaluation.run import JudgeError, judge_message
+from guard.mail.sources import SourceError, iter_sources, read_message_file
+from guard.policy import load_rules
 
 __all__ = ["Corpus", "TableRun", "discover", "judge_all", "run_table"]
 
@@ -31,7 +49,6 @@ PUBLIC_CORPORA = (
     ("public/risky/phishing_pot", "risky"),
     ("public/risky", "risky"),
 )
-LABELS = "labels.csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +58,7 @@ class Corpus:
     name: str
     path: str
     assumed: str
-    labels: tuple[ev.LabelRow, ...] = ()
+    labels: tuple[LabelRow, ...] = ()
 
     @property
     def group(self) -> str:
@@ -54,7 +71,7 @@ class TableRun:
     """Everything the table needs: outcomes per corpus, and what went wrong."""
 
     corpora: list[Corpus]
-    outcomes: dict[str, list[ev.Outcome]] = field(default_factory=dict)
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
     read_errors: list[str] = field(default_factory=list)
     engine_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -74,14 +91,14 @@ def discover(root: Path) -> tuple[list[Corpus], list[str]]:
         name = labels_path.parent.relative_to(root).as_posix()
         try:
             text = labels_path.read_bytes().decode("utf-8-sig")
-            rows = ev.parse_label_rows(text, str(labels_path))
+            rows = parse_label_rows(text, str(labels_path))
         except OSError as exc:
             errors.append(f"cannot read '{labels_path}': {exc.strerror or exc}")
             continue
         except UnicodeDecodeError:
             errors.append(f"labels file '{labels_path}': not UTF-8 text")
             continue
-        except ev.LabelsError as exc:
+        except LabelsError as exc:
             errors.append(str(exc))
             continue
         found.append(Corpus(name, str(labels_path.parent), "labels", tuple(rows)))
@@ -99,8 +116,6 @@ _ruleset: Any = None
 
 def _init_worker(rule_files: Sequence[str]) -> None:
     global _ruleset
-    from guard.policy import load_rules
-
     _ruleset = load_rules(list(rule_files))
 
 
@@ -114,32 +129,26 @@ class _Shard:
 
 def _judge_shard(
     shard: _Shard,
-) -> tuple[list[tuple[int, ev.Outcome]], list[str], list[str]]:
+) -> tuple[list[tuple[int, Outcome]], list[str], list[str]]:
     """Outcomes of messages ``index, index + count, ...`` of one corpus, with their
     positions; read errors and engine errors as one-line messages."""
-    from guard.mail.message import parse_message
-    from guard.mail.sources import SourceError, iter_sources, read_message_file
-    from guard.policy import evaluate
-
     corpus = shard.corpus
-    done: list[tuple[int, ev.Outcome]] = []
+    done: list[tuple[int, Outcome]] = []
     read_errors: list[str] = []
     engine_errors: list[str] = []
 
-    def judge(position: int, name: str, raw: bytes, row: ev.LabelRow | None) -> None:
+    def judge(position: int, name: str, raw: bytes, row: LabelRow | None) -> None:
         try:
-            verdict = evaluate(_ruleset, parse_message(raw))
-        except Exception as exc:  # a bug: name the message; the figures would be wrong
-            engine_errors.append(
-                f"'{corpus.name}/{name}': internal error: {type(exc).__name__}: {exc}"
-            )
+            verdict = judge_message(_ruleset, raw, f"{corpus.name}/{name}")
+        except JudgeError as exc:  # a bug: name the message; the figures would be wrong
+            engine_errors.append(str(exc))
             return
         if row is None:
-            outcome = ev.outcome_from_verdict(
+            outcome = outcome_from_verdict(
                 name, None, verdict, shard.min_risk, risky=corpus.assumed == "risky"
             )
         else:
-            outcome = ev.outcome_from_verdict(
+            outcome = outcome_from_verdict(
                 name, row.categories, verdict, shard.min_risk, tags=row.tags
             )
         done.append((position, outcome))
@@ -182,7 +191,7 @@ def judge_all(
     else:
         with ProcessPoolExecutor(count, initializer=_init_worker, initargs=(rule_files,)) as pool:
             results = list(pool.map(_judge_shard, shards))
-    collected: dict[str, list[tuple[int, ev.Outcome]]] = {c.name: [] for c in corpora}
+    collected: dict[str, list[tuple[int, Outcome]]] = {c.name: [] for c in corpora}
     for shard, (done, read_errors, engine_errors) in zip(shards, results, strict=True):
         collected[shard.corpus.name] += done
         run.read_errors += read_errors
@@ -196,10 +205,10 @@ def judge_all(
 # --------------------------------------------------------------------------- the table
 
 
-def table_rows(run: TableRun) -> tuple[list[ev.CorpusRow], list[ev.CorpusRow]]:
+def table_rows(run: TableRun) -> tuple[list[CorpusRow], list[CorpusRow]]:
     """The corpus rows, and the summary rows of each group of labelled corpora."""
-    rows = [ev.corpus_row(c.name, run.outcomes[c.name], c.assumed) for c in run.corpora]
-    summaries: list[ev.CorpusRow] = []
+    rows = [corpus_row(c.name, run.outcomes[c.name], c.assumed) for c in run.corpora]
+    summaries: list[CorpusRow] = []
     groups: dict[str, list[Corpus]] = {}
     for c in run.corpora:
         if c.assumed == "labels" and c.group:
@@ -207,7 +216,7 @@ def table_rows(run: TableRun) -> tuple[list[ev.CorpusRow], list[ev.CorpusRow]]:
     by_name = {r.corpus: r for r in rows}
     for group, members in groups.items():
         pooled = [o for c in members for o in run.outcomes[c.name]]
-        summaries += ev.summary_rows(group, [by_name[c.name] for c in members], pooled)
+        summaries += summary_rows(group, [by_name[c.name] for c in members], pooled)
     return rows, summaries
 
 
@@ -236,17 +245,17 @@ def run_table(
     errors += run.read_errors + run.engine_errors
     status = 1 if run.engine_errors else 2 if errors else 0
     rows, summaries = table_rows(run)
-    found = {c.name: ev.table_misses(run.outcomes[c.name]) for c in corpora} if misses else None
+    found = {c.name: table_misses(run.outcomes[c.name]) for c in corpora} if misses else None
     if fmt == "json":
-        return ev.table_to_dict(rows, summaries, min_risk, found), errors, status
+        return table_to_dict(rows, summaries, min_risk, found), errors, status
     if fmt == "markdown":
-        lines = ev.render_table_markdown(rows, summaries)
+        lines = render_table_markdown(rows, summaries)
     else:
         total = sum(len(o) for o in run.outcomes.values())
-        lines = ev.render_table(rows, summaries)
+        lines = render_table(rows, summaries)
         lines += [
             "",
-            *ev.table_legend(min_risk),
+            *table_legend(min_risk),
             f"{total} messages in {len(corpora)} corpora judged in {run.seconds:.1f} s "
             f"({max(1, jobs)} process{'es' if jobs > 1 else ''}).",
         ]
@@ -254,5 +263,5 @@ def run_table(
         legend = "misses: FN/FP file: expected; got (risk); top = strongest finding [category]"
         lines += ["", legend]
         for name, corpus_misses in found.items():
-            lines += ["", *ev.render_misses(name, corpus_misses, misses_limit)]
+            lines += ["", *render_misses(name, corpus_misses, misses_limit)]
     return lines, errors, status

@@ -15,8 +15,10 @@ import ast
 import contextlib
 import logging
 import re
+import select
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +30,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from guard.errors import GuardError, Kind
 from guard.mail import msgid
+from guard.mailbox.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +41,6 @@ class ImapError(GuardError):
 
     def __init__(self, kind: Kind | str, message: str) -> None:
         super().__init__(message, kind=kind)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str
-    port: int
-    tls: str  # "implicit" | "starttls" | "none"
-    username: str
-    password: Callable[[], str] | None = None
-    oauth2_token: Callable[[], str] | None = None
-    ca_file: str | None = None
-    timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -261,6 +252,10 @@ class Connection:
             raise err from None
 
     @property
+    def is_open(self) -> bool:
+        return self.client is not None
+
+    @property
     def is_gmail(self) -> bool:
         return "X-GM-EXT-1" in self.capabilities
 
@@ -355,7 +350,7 @@ class Connection:
         sizes = {u: min(int(meta[u].get(b"RFC822.SIZE", 0)), max_bytes) for u in uids if u in meta}
         full = {u for u in sizes if int(meta[u].get(b"RFC822.SIZE", 0)) <= max_bytes}
         part = f"BODY.PEEK[]<0.{max_bytes}>".encode()
-        for chunk in _by_bytes([u for u in uids if u in sizes], sizes, budget):
+        for chunk in by_bytes([u for u in uids if u in sizes], sizes, budget):
             small = [u for u in chunk if u in full]
             big = [u for u in chunk if u not in full]
             bodies: dict[int, bytes] = {}
@@ -468,11 +463,74 @@ class Connection:
         found = self._call("UID SEARCH", self.client.search, ["HEADER", "Message-ID", token])
         return bool(found)
 
+    # -- waiting for new mail (IDLE) ------------------------------------------------
+
+    def idle_wait(
+        self, renew: float, stop: Callable[[], bool] = lambda: False, poll: float = 1.0
+    ) -> bool:
+        """Wait in IDLE on the selected folder: True as soon as the server reports new
+        mail (EXISTS or RECENT), False once ``renew`` seconds have passed or ``stop()`` is
+        true (looked at every ``poll`` seconds). IDLE is then ended with DONE, a round
+        trip that proves the connection alive: a connection that died without a FIN fails
+        it within the timeout. Raises ImapError when the server ends the session or the
+        connection is closed or dead."""
+        assert self.client is not None
+        client = self.client
+        self._call("IDLE", client.idle)
+        renew_at = time.monotonic() + renew
+        new_mail = False
+        while not stop() and time.monotonic() < renew_at:
+            try:
+                responses = self._call("IDLE", client.idle_check, timeout=poll)
+            except ValueError:  # imaplib reading from a socket cut meanwhile
+                raise ImapError("network", "the IDLE connection was closed") from None
+            for response in responses:
+                if len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT"):
+                    new_mail = True
+                if response and response[0] == b"BYE":
+                    raise ImapError("network", "the server ended the IDLE session")
+            if new_mail:
+                break
+            if not responses and _peer_closed(client):
+                # imapclient's idle_check() returns nothing at EOF: look ourselves
+                raise ImapError("network", "the IDLE connection was closed")
+        self._call("DONE", client.idle_done)
+        return new_mail
+
+    def cut(self) -> None:
+        """Shut the socket down at once, without LOGOUT: a call blocked on this connection
+        (in another thread) fails instead of waiting for a server that does not answer."""
+        client = self.client
+        if client is not None:
+            with contextlib.suppress(Exception):  # it may be closing already
+                client.shutdown()
+
+
+def _peer_closed(client: IMAPClient) -> bool:
+    """True when the other side has closed the connection (readable, but no data)."""
+    try:
+        sock = client.socket()
+        readable, _w, _x = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        if isinstance(sock, ssl.SSLSocket):
+            if sock.pending():
+                return False
+            # Peek at the TCP stream under TLS through a duplicate of the descriptor:
+            # nothing is consumed, and an empty read means the peer sent its FIN.
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as raw:
+                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except (OSError, ValueError):
+        return True
+
 
 FETCH_BYTES = 32 * 1024 * 1024  # message bytes asked for in one FETCH (bounds memory)
 
 
-def _by_bytes(uids: Sequence[int], sizes: dict[int, int], limit: int) -> Iterator[list[int]]:
+def by_bytes(uids: Sequence[int], sizes: dict[int, int], limit: int) -> Iterator[list[int]]:
     """Split ``uids`` into runs whose messages add up to at most ``limit`` bytes (a single
     bigger message is a run of its own)."""
     run: list[int] = []

@@ -1,6 +1,7 @@
 """The label vocabulary: what a thread of a given risk and categories is labelled with.
 
-One logical label (``Label``) has three spellings, one per backend:
+One logical label (``Label``) has three spellings, one per backend (each written by its
+class in ``label_backends``):
 - a Gmail label / label-folder path: ``Guard/Off-platform payment`` (the folder uses the
   server's hierarchy delimiter instead of ``/``);
 - an IMAP keyword: ``$GuardOffPlatformPayment``, except phishing, which uses the registered
@@ -32,7 +33,6 @@ CATEGORY_TITLES: dict[str, str] = {
     "dispute": "Dispute",
 }
 LEVEL_TITLES: dict[str, str] = {"low": "Low risk", "medium": "Medium risk", "high": "High risk"}
-MODES = ("gmail", "keywords", "folders", "keywords+folders")
 
 _KEYWORD_SAFE = re.compile(r"[^A-Za-z0-9]")
 
@@ -90,37 +90,3 @@ def thread_labels(
     if risk == "none" or not level_at_least(risk, min_risk):
         return risk, frozenset()
     return risk, frozenset({level_label(risk), *(category_label(c) for c in cats)})
-
-
-def fixed_mode(configured: str, is_gmail: bool) -> str | None:
-    """The backend when the server's flags do not matter ("gmail", "folders"), else None."""
-    if configured == "gmail" or (configured == "auto" and is_gmail):
-        return "gmail"
-    if configured == "folders":
-        return "folders"
-    return None
-
-
-def keyword_mode(configured: str, keywords_allowed: bool) -> str:
-    """The backend for "auto"/"keywords" once PERMANENTFLAGS is known: keywords (plus label
-    folders under "auto") when custom keywords are allowed, label folders otherwise."""
-    if not keywords_allowed:
-        return "folders"
-    return "keywords" if configured == "keywords" else "keywords+folders"
-
-
-def spell(label: Label, mode: str, prefix: str, delimiter: str = "/") -> list[str]:
-    """The strings written for ``label`` in a backend mode, tagged by kind.
-
-    Returns entries like ``"gmail:Guard/Scam"``, ``"keyword:$GuardScam"``,
-    ``"folder:Guard/Scam"``: the store keeps these, so a label already written in one
-    form is never written again and a mode change writes only the new form.
-    """
-    out: list[str] = []
-    if mode == "gmail":
-        out.append("gmail:" + label.path(prefix, "/"))
-    if mode in ("keywords", "keywords+folders"):
-        out.append("keyword:" + label.keyword(prefix))
-    if mode in ("folders", "keywords+folders"):
-        out.append("folder:" + label.path(prefix, delimiter))
-    return out

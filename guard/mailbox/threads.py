@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from guard import store
-from guard.mail import msgid
-from guard.mail.message import Message
-from guard.policy.engine import RuleSet, _verdict
+from guard.mail import Message, msgid
+from guard.policy import RuleSet, sum_findings
 from guard.policy.model import Finding, Verdict
 
 # Reply and forward prefixes in the languages the rules cover (and Outlook's brackets).
@@ -165,7 +164,9 @@ def thread_participants(
             people = out.setdefault(thread_id, set())
             if sender:
                 people.add(sender.lower())
-            people.update(a.strip().lower() for a in (recipients or "").split(",") if a.strip())
+            people.update(
+                a.strip().lower() for a in store.split_commas(recipients or "") if a.strip()
+            )
     return out
 
 
@@ -326,5 +327,5 @@ def reused_id_finding(message_id: str, first_sender: str) -> Finding:
 def with_finding(rules: RuleSet, verdict: Verdict, finding: Finding) -> Verdict:
     """``verdict`` with one more finding, its risk, score and categories summed again by
     the engine's own rule (what was unchecked stays unchecked)."""
-    again = _verdict(rules, [*verdict.findings, finding], list(verdict.notes))
+    again = sum_findings(rules, [*verdict.findings, finding], list(verdict.notes))
     return dataclasses.replace(again, unchecked=verdict.unchecked)

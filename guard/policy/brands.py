@@ -19,7 +19,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from guard.policy.domains import (
     skeleton,
     unicode_host,
 )
-from guard.policy.model import RulesError
+from guard.policy.model import RulesError, read_toml
 
 BUILTIN_PATH = Path(__file__).with_name("brands.toml")
 
@@ -494,20 +493,9 @@ def load_brands(path: str | Path | None = None) -> Catalogue:
     """The catalogue in ``path`` (the built-in ``brands.toml`` when None, built once)."""
     if path is None:
         return _builtin()
-    return Catalogue(parse_brands(_read(Path(path)), str(path)))
+    return Catalogue(parse_brands(read_toml("brands", Path(path)), str(path)))
 
 
 @functools.cache
 def _builtin() -> Catalogue:
-    return Catalogue(parse_brands(_read(BUILTIN_PATH), BUILTIN_PATH.name))
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RulesError(f"brands file '{path}': {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise RulesError(f"brands file '{path}': not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(f"brands file '{path}': {exc}") from None
+    return Catalogue(parse_brands(read_toml("brands", BUILTIN_PATH), BUILTIN_PATH.name))

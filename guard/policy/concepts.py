@@ -26,6 +26,7 @@ from typing import Any
 import re2
 
 from guard.policy.rx import spans
+from guard.policy.terms import TermCompiler
 
 _MARKS = (". ", "! ", "? ", "; ", "。", "！", "？", "；", "؟ ", " - ", " • ", " · ")
 # A sentence longer than this is read as pieces of at most this many characters: concepts
@@ -115,7 +116,7 @@ def compile_concepts(
         patterns.append(pattern)
     cs = ConceptSet(tuple(concepts), patterns)
     if own_set:
-        # Room for the set's DFA (see engine.SET_MAX_MEM).
+        # Room for the set's DFA (see rules.SET_MAX_MEM).
         cs.atom_set = re2.Set.SearchSet(_options(256 << 20))
         for pattern in patterns:
             cs.atom_set.Add(pattern)
@@ -271,8 +272,6 @@ def load_builtin(extra_concepts: str | None = None) -> ConceptSet:
     import tomllib
     from importlib import resources
 
-    from guard.policy.engine import _Compiler
-
     files = resources.files("guard.policy")
     rules = tomllib.loads(files.joinpath("rules.toml").read_text(encoding="utf-8"))
     text = extra_concepts
@@ -280,7 +279,7 @@ def load_builtin(extra_concepts: str | None = None) -> ConceptSet:
         text = files.joinpath("concepts.toml").read_text(encoding="utf-8")
     doc = tomllib.loads(text)
     lexicon = {**rules.get("lexicon", {}), **doc.get("lexicon", {})}
-    compiler = _Compiler(lexicon, "concepts")
+    compiler = TermCompiler(lexicon, "concepts")
     return compile_concepts(doc, compiler.term)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 
-from guard.mail.message import Message
+from guard.mail import Message
 from guard.policy.brands import Brand, Catalogue
 from guard.policy.domains import host_of, is_domain_like, org_domain
 from guard.policy.structural import Hit, StructuralData, lure_host

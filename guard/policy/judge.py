@@ -26,13 +26,14 @@ from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from functools import lru_cache
 
-from guard.mail.message import Message
+from guard.mail import Message
 from guard.policy import concepts as cn
 from guard.policy import engine
 from guard.policy.learned import FeatureView, Weights, load_weights
 from guard.policy.model import CATEGORIES, UNCHECKED_RULE, Finding, Verdict
+from guard.policy.rules import RuleSet
 from guard.policy.segment import Segments, split
-from guard.policy.structural import is_relayed_message
+from guard.policy.structural import is_relayed_message, is_trusted_platform_sender
 
 _REPLY_SUBJECT = re.compile(
     r"^\s*(?:re|aw|sv|vs|ref|rif|res|odp|yn|tr|fw|fwd|wg|rv|enc|ответ|от|回复|答复)\s*(?:\[\d+\])?\s*[:：]",
@@ -140,7 +141,7 @@ class _Judged:
 
 
 def _judge(
-    rules: engine.RuleSet,
+    rules: RuleSet,
     msg: Message,
     cs: cn.ConceptSet,
     partners: Mapping[str, AbstractSet[str]] | None = None,
@@ -165,7 +166,7 @@ def _judge(
     if signature.strip():
         view.context.add("ctx:signature")
     # A relayed message is someone's words, not the platform's notice.
-    trusted = not relayed and engine.is_trusted_platform_sender(rules.structural, msg)
+    trusted = not relayed and is_trusted_platform_sender(rules.structural, msg)
     if quoted.strip() or signature.strip():
         # What the rules find in the history and the signature only counts as context.
         view.quoted_categories.update(
@@ -191,7 +192,7 @@ def _judge(
     return _Judged(new_verdict, view, fields, cs)
 
 
-def feature_view(rules: engine.RuleSet, msg: Message) -> FeatureView:
+def feature_view(rules: RuleSet, msg: Message) -> FeatureView:
     """The features of ``msg`` (what ``make train`` fits weights on)."""
     return _judge(rules, msg, rules.concepts or builtin_concepts()).view
 
@@ -200,7 +201,7 @@ def _concept_title(feature: str) -> str:
     return " + ".join(part.replace("_", " ") for part in feature.split("+"))
 
 
-def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None) -> Verdict:
+def evaluate(rules: RuleSet, msg: Message, weights: Weights | None = None) -> Verdict:
     """The verdict on ``msg``: see the module docstring."""
     weights = builtin_weights() if weights is None else weights
     if not weights.active:
@@ -291,7 +292,7 @@ def evaluate(rules: engine.RuleSet, msg: Message, weights: Weights | None = None
     )
 
 
-def rules_score(rules: engine.RuleSet, weights: Weights, finding: Finding) -> float:
+def rules_score(rules: RuleSet, weights: Weights, finding: Finding) -> float:
     """A rule's learned score, unless the user's own rules file set one (undamped: bulk
     mail is scaled by the caller)."""
     if finding.rule in rules.user_scores or finding.rule not in weights.rules:

@@ -1,8 +1,11 @@
-"""Plain data the policy engine returns: findings and the verdict they add up to."""
+"""Plain data the policy engine returns: findings and the verdict they add up to; and
+:class:`RulesError`, with :func:`read_toml`, the one way a rules or brands file is read."""
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from guard.errors import GuardError, Kind
@@ -35,6 +38,23 @@ class RulesError(GuardError, ValueError):
     """A rules file is unreadable or invalid; the message names the file and the key."""
 
     kind = Kind.RULES
+
+
+def read_toml(kind: str, path: Path | None, text: str | None = None) -> dict[str, Any]:
+    """A ``kind`` ("rules", "brands") TOML file, or its built-in ``text``; any failure is a
+    :class:`RulesError` naming the file."""
+    name = str(path) if path else f"built-in {kind}"
+    try:
+        if text is None:
+            assert path is not None
+            text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text)
+    except OSError as exc:
+        raise RulesError(f"{kind} file '{name}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise RulesError(f"{kind} file '{name}': not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"{kind} file '{name}': {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from guard.mail.message import Address, Message
+from guard.mail import Address, Message
 from guard.policy.brands import Brand, Catalogue
 from guard.policy.domains import (
     host_of,

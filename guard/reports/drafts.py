@@ -31,9 +31,8 @@ import jinja2
 from sqlmodel import Session
 
 from guard import store as st
-from guard.mail import msgid
-from guard.mail.message import Message
-from guard.mailbox.imap import DRAFTS, Connection
+from guard.mail import Message, msgid
+from guard.mailbox import DRAFTS, Mailbox
 from guard.store import DraftRecord
 
 log = logging.getLogger(__name__)
@@ -314,7 +313,7 @@ def current_thread(session: Session, account: str, cand: Candidate) -> str:
 
 
 def write_drafts(
-    conn: Connection,
+    conn: Mailbox,
     store: st.Store,
     account: str,
     candidates: list[Candidate],
@@ -372,5 +371,5 @@ def write_drafts(
     return written
 
 
-def _already_there(conn: Connection, folder: str, message_id: str) -> bool:
+def _already_there(conn: Mailbox, folder: str, message_id: str) -> bool:
     return conn.find_by_message_id(folder, message_id)

@@ -23,10 +23,8 @@ import contextlib
 import faulthandler
 import logging
 import os
-import select
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -35,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -47,9 +45,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from guard import store as st
 from guard.config import Config, ConfigError, load_config
 from guard.errors import GuardError, kind_of, retry_delay
-from guard.mailbox.imap import Connection, ImapError
+from guard.mailbox import Connection, ImapError, Mailbox, server_settings
 from guard.policy import RulesError, RuleSet, load_rules
-from guard.service.scan import ScanControl, ScanSettings, ScanSummary, scan
+from guard.service.scan import ScanControl, ScanSettings, scan
+from guard.service.work import ScanSummary
 
 log = logging.getLogger("inbox-guard")
 
@@ -59,8 +58,6 @@ STOP_BACKSTOP = 9.5  # hard exit if even that could not run (a C call holding th
 
 
 def _one_line(exc: BaseException) -> str:
-    from guard.mailbox.imap import ImapError
-
     text = str(exc) if isinstance(exc, ImapError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())[:200]
 
@@ -149,7 +146,7 @@ class AccountState:
     scans: int = 0
     last_summary: ScanSummary | None = None
     last_error: str | None = None
-    connections: dict[str, Connection] = field(default_factory=dict)  # "scan"/"idle" -> live
+    connections: dict[str, Mailbox] = field(default_factory=dict)  # "scan"/"idle" -> live
 
     @property
     def job_id(self) -> str:
@@ -181,7 +178,7 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------------
 
     def _control(self, state: AccountState) -> ScanControl:
-        def connected(conn: Connection | None) -> None:
+        def connected(conn: Mailbox | None) -> None:
             if conn is None:
                 state.connections.pop("scan", None)
             else:
@@ -260,13 +257,13 @@ class Daemon:
     def digest_job(self, name: str | None = None) -> None:
         if self.config.digest is None or self.stopping.is_set():
             return
-        from guard.reports import digest
+        from guard import reports
 
         for acct in self.config.accounts:
             if name is not None and acct.name != name:
                 continue
             try:
-                outcome = digest.run_digest(self.store, self.config, acct.name)
+                outcome = reports.run_digest(self.store, self.config, acct.name)
             except Exception as exc:  # one bad day must not stop the service
                 log.error(
                     "%sdigest failed: %s", _who(self.config, acct.name), st.describe_error(exc)
@@ -278,26 +275,26 @@ class Daemon:
     def _retry_pending_digest(self, name: str) -> None:
         if self.config.digest is None:
             return
-        from guard.reports import digest
+        from guard import reports
 
         try:
             with self.store.session() as session:
                 pending = st.pending_digests(session, name)
             if pending:
-                results = digest.send_pending(self.store, self.config, name)
+                results = reports.send_pending(self.store, self.config, name)
                 failed = any(not r.sent or r.error for r in results)
                 level = logging.ERROR if failed else logging.INFO
-                log.log(level, "%s%s", _who(self.config, name), digest.summarize(results))
+                log.log(level, "%s%s", _who(self.config, name), reports.summarize(results))
         except Exception as exc:
             log.error("digest retry failed: %s", st.describe_error(exc))
 
     def _catch_up_digest(self, name: str) -> None:
         if self.config.digest is None:
             return
-        from guard.reports import digest
+        from guard import reports
 
         try:
-            if digest.due(self.store, self.config, name, None):
+            if reports.due(self.store, self.config, name, None):
                 log.info(
                     "%sdigest: the last one was missed; sending it now", _who(self.config, name)
                 )
@@ -320,7 +317,7 @@ class Daemon:
         state = self.states[name]
         while not self.stopping.is_set() and name in self.states:
             try:
-                conn = Connection(ScanSettings.from_config(self.config, name).server)
+                conn = Connection(server_settings(self.config, name))
             except ConfigError:
                 return  # the account was removed by a reload
             state.connections["idle"] = conn
@@ -356,26 +353,8 @@ class Daemon:
                 conn.close()
 
     def _idle_session(self, conn: Connection, state: AccountState) -> None:
-        client = conn.client
-        assert client is not None
         while not self.stopping.is_set():
-            client.idle()
-            renew_at = time.monotonic() + self.config.schedule.idle_renew
-            new_mail = False
-            while not self.stopping.is_set() and time.monotonic() < renew_at:
-                responses = client.idle_check(timeout=1.0)
-                for response in responses:
-                    if len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT"):
-                        new_mail = True
-                    if response and response[0] == b"BYE":
-                        raise ImapError("network", "the server ended the IDLE session")
-                if new_mail:
-                    break
-                if not responses and _peer_closed(client):
-                    # imapclient's idle_check() returns nothing at EOF: look ourselves
-                    raise ImapError("network", "the IDLE connection was closed")
-            client.idle_done()  # a round trip: raises if the connection is dead
-            if new_mail:
+            if conn.idle_wait(self.config.schedule.idle_renew, self.stopping.is_set):
                 log.info("%sIDLE: new mail, scanning now", _who(self.config, state.name))
                 with contextlib.suppress(JobLookupError):
                     self.scheduler.modify_job(state.job_id, next_run_time=datetime.now(UTC))
@@ -519,10 +498,9 @@ class Daemon:
         if not done.wait(STOP_GRACE):
             for state in self.states.values():
                 conn = state.connections.get("scan")
-                if conn is not None and conn.client is not None:
+                if conn is not None and conn.is_open:
                     log.warning("the server did not answer in time; closing the connection")
-                    with contextlib.suppress(Exception):  # it may be closing already
-                        conn.client.shutdown()
+                    conn.cut()
             done.wait(STOP_CUT_WAIT)
         if not done.is_set():
             # A message is still being judged: its scan writes nothing more once it sees
@@ -537,27 +515,6 @@ class Daemon:
             faulthandler.cancel_dump_traceback_later()
         log.info("stopped")
         return 0
-
-
-def _peer_closed(client: Any) -> bool:
-    """True when the other side has closed the connection (readable, but no data)."""
-    try:
-        sock = client.socket()
-        readable, _w, _x = select.select([sock], [], [], 0)
-        if not readable:
-            return False
-        if isinstance(sock, ssl.SSLSocket):
-            if sock.pending():
-                return False
-            # Peek at the TCP stream under TLS through a duplicate of the descriptor:
-            # nothing is consumed, and an empty read means the peer sent its FIN.
-            with socket.fromfd(sock.fileno(), sock.family, sock.type) as raw:
-                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, ssl.SSLWantReadError):
-        return False
-    except (OSError, ValueError):
-        return True
 
 
 def _who(config: Config, name: str) -> str:

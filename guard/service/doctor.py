@@ -18,9 +18,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from guard.config import Account, Config, ConfigError, ImapSettings, load_config
-from guard.mailbox.imap import SENT, Connection, ImapError
-from guard.mailbox.labels import fixed_mode, keyword_mode
-from guard.service.scan import ScanSettings
+from guard.mailbox import SENT, Connection, ImapError, server_settings
+from guard.mailbox.label_backends import fixed_mode, keyword_mode
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,7 @@ def _imap(
     if not secret_ok:
         yield Check("login", None, "skipped: no secret")
         return
-    settings = ScanSettings.from_config(config, acct.name)
-    conn = Connection(settings.server)
+    conn = Connection(server_settings(config, acct.name))
     try:
         conn.open()
     except ImapError as exc:
@@ -135,14 +133,14 @@ def _imap(
         wanted = ("IDLE", "CONDSTORE", "SPECIAL-USE", "UIDPLUS", "X-GM-EXT-1", "MOVE")
         present = [c for c in wanted if c in conn.capabilities]
         yield Check("capabilities", True, " ".join(present) or "(none of the useful ones)")
-        yield from _folders(conn, settings, imap)
+        yield from _folders(conn, acct.labels.mode, imap)
     except ImapError as exc:
         yield Check("imap", False, str(exc), _hint_for(exc.kind, imap))
     finally:
         conn.close()
 
 
-def _folders(conn: Connection, settings: ScanSettings, imap: ImapSettings) -> Iterator[Check]:
+def _folders(conn: Connection, label_mode: str, imap: ImapSettings) -> Iterator[Check]:
     sent = conn.special_folder(SENT)
     folders = list(imap.folders) if imap.folders else ["INBOX", *([sent] if sent else [])]
     if not imap.folders and not sent:
@@ -154,12 +152,11 @@ def _folders(conn: Connection, settings: ScanSettings, imap: ImapSettings) -> It
             yield Check(f"folder {folder}", False, str(exc), _hint_for(exc.kind, imap))
             continue
         yield Check(f"folder {folder}", True, f"{status.messages} messages, readable")
-    mode, why = _label_mode(conn, settings, imap)
+    mode, why = _label_mode(conn, label_mode)
     yield Check("labels", True, f"{mode}: {why}")
 
 
-def _label_mode(conn: Connection, settings: ScanSettings, imap: ImapSettings) -> tuple[str, str]:
-    configured = settings.label_mode
+def _label_mode(conn: Connection, configured: str) -> tuple[str, str]:
     fixed = fixed_mode(configured, conn.is_gmail)
     if fixed == "gmail":
         return "gmail", "the server speaks X-GM-EXT-1: Gmail labels"
@@ -210,11 +207,11 @@ def _smtp(config: Config, env: Mapping[str, str]) -> Iterator[Check]:
         yield Check("smtp", None, "no [smtp]/[digest]: no daily digest will be sent")
         return
     try:
-        from guard.reports import digest
+        from guard import reports
     except ImportError:
         yield Check("smtp", None, "digest support not installed")
         return
-    checker: Callable[..., str] | None = getattr(digest, "check_smtp", None)
+    checker: Callable[..., str] | None = getattr(reports, "check_smtp", None)
     if checker is None:
         yield Check("smtp", None, "SMTP check not available")
         return

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cli import CLI, run_cli
 
 CONTRACT_KEYS = [
     "source",
@@ -86,34 +87,26 @@ HOSTILE = (
 GARBAGE = bytes(range(256)) * 3 + b"\x1b[31m\x00\xff\n\n\xfe\xfd"
 
 
-def _env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
-    }
-    env.update({"NO_COLOR": "1", "COLUMNS": "100", "PYTHONIOENCODING": "utf-8"})
-    return env
+# No colour and a fixed width, whatever the terminal running the tests asks for.
+PLAIN_ENV = {
+    "FORCE_COLOR": None,
+    "TTY_COMPATIBLE": None,
+    "TTY_INTERACTIVE": None,
+    "CLICOLOR_FORCE": None,
+    "NO_COLOR": "1",
+    "COLUMNS": "100",
+    "PYTHONIOENCODING": "utf-8",
+}
 
 
 def run(*args: str | Path, cwd: Path, script: bool = False) -> subprocess.CompletedProcess[str]:
     """The installed command: ``python -m guard`` or the venv's ``inbox-guard`` script."""
+    command = CLI
     if script:
         exe = Path(sys.executable).parent / "inbox-guard"
         assert exe.exists(), f"{exe} missing: install the project (pip install -e .)"
-        cmd = [str(exe)]
-    else:
-        cmd = [sys.executable, "-m", "guard"]
-    return subprocess.run(
-        [*cmd, *map(str, args)],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        encoding="utf-8",
-        errors="surrogateescape",
-        timeout=300,
-        check=False,
-    )
+        command = (str(exe),)
+    return run_cli(*args, command=command, cwd=cwd, env=PLAIN_ENV)
 
 
 def records(stdout: str) -> list[dict[str, object]]:

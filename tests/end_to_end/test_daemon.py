@@ -3,109 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.mail import harmless, risky_payment
+from support.cli import Daemon, run_cli
+from support.configs import raw_config, smtp_section, write_config
+from support.mail import harmless, mixed, risky_payment
 from support.servers import MailAccount
 
-CLI = [sys.executable, "-m", "guard"]
-
-
-def write_config(tmp: Path, acct: MailAccount, extra: str = "", poll: int = 2) -> Path:
-    pw = tmp / "imap-password"
-    pw.write_text(acct.password + "\n")
-    pw.chmod(0o600)
-    path = tmp / "config.toml"
-    path.write_text(
-        "[imap]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {acct.port}\n"
-        'tls = "starttls"\n'
-        f"username = {json.dumps(acct.user)}\n"
-        f"password_file = {json.dumps(str(pw))}\n"
-        f"ca_file = {json.dumps(str(acct.ca_file))}\n"
-        "timeout = 5\n"
-        "[store]\n"
-        f"url = {json.dumps('sqlite:///' + str(tmp / 'guard.sqlite3'))}\n"
-        "[schedule]\n"
-        f"poll_interval = {poll}\n" + extra
-    )
-    return path
-
-
-class Daemon:
-    """The daemon process with its stderr collected line by line."""
-
-    def __init__(
-        self, config: Path, env: dict[str, str] | None = None, cli: list[str] = CLI
-    ) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [*cli, "run", "--config", str(config)],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pred: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; log:\n" + "\n".join(self.lines))
-
-    def wait_log(self, text: str, timeout: float = 30.0, after: int = 0) -> int:
-        found: list[int] = []
-
-        def pred() -> bool:
-            for i, line in enumerate(self.lines[after:], after):
-                if text in line:
-                    found.append(i)
-                    return True
-            return False
-
-        self.wait_for(pred, timeout, repr(text))
-        return found[0]
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
-        started = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        self._reader.join(timeout=5)
-        return code, time.monotonic() - started
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+DAEMON: dict[str, Any] = {"imap": {"timeout": 5}, "schedule": {"poll_interval": 2}}
 
 
 def keywords(acct: MailAccount, uid: int) -> set[str]:
@@ -113,19 +26,19 @@ def keywords(acct: MailAccount, uid: int) -> set[str]:
 
 
 def test_daemon_labels_new_mail_and_stops_cleanly_on_sigterm(
-    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon]
+    mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon]
 ) -> None:
     mailbox.save(harmless(0)[0])
-    config = write_config(tmp_path, mailbox)
-    d = Daemon(config)
-    daemons.append(d)
+    config = write_config(tmp_path, mailbox, **DAEMON)
+    d = daemons(config)
     d.wait_log("scan: 1 new")
 
     uid = mailbox.save(risky_payment()[0])  # arrives while the daemon runs
     d.wait_for(lambda: bool(keywords(mailbox, uid)), what="the new risky message labelled")
     assert keywords(mailbox, uid) == {"$GuardHighRisk", "$GuardOffPlatformPayment"}
 
-    code, took = d.stop(signal.SIGTERM)
+    code = d.stop(signal.SIGTERM)
+    took = d.stop_seconds
     assert code == 0
     assert took < 10  # the service contract (systemd TimeoutStopSec), not a speed goal
     assert any("stopped" in line for line in d.lines)
@@ -135,11 +48,10 @@ def test_daemon_labels_new_mail_and_stops_cleanly_on_sigterm(
 
 
 def test_daemon_recovers_after_dovecot_restart(
-    dovecot: Any, mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon]
+    dovecot: Any, mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon]
 ) -> None:
-    config = write_config(tmp_path, mailbox)
-    d = Daemon(config)
-    daemons.append(d)
+    config = write_config(tmp_path, mailbox, **DAEMON)
+    d = daemons(config)
     d.wait_log("scan: 0 new")
 
     dovecot.stop()
@@ -154,24 +66,23 @@ def test_daemon_recovers_after_dovecot_restart(
     d.wait_for(lambda: bool(keywords(mailbox, uid)), what="label after recovery")
     failures = [line for line in d.lines if "scan failed" in line]
     assert failures and all(len(line) < 300 for line in failures)
-    code, _ = d.stop()
+    code = d.stop()
     assert code == 0
 
 
 def test_daemon_reports_to_systemd_notify_socket(
-    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon]
+    mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon]
 ) -> None:
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(0.5)
     mailbox.save(risky_payment()[0])
-    config = write_config(tmp_path, mailbox)
-    d = Daemon(
+    config = write_config(tmp_path, mailbox, **DAEMON)
+    d = daemons(
         config,
         env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000", "JOURNAL_STREAM": "1:1"},
     )
-    daemons.append(d)
     seen: list[str] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -191,11 +102,10 @@ def test_daemon_reports_to_systemd_notify_socket(
 
 
 def test_sighup_reloads_and_a_broken_config_keeps_the_old_one(
-    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon]
+    mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon]
 ) -> None:
-    config = write_config(tmp_path, mailbox)
-    d = Daemon(config)
-    daemons.append(d)
+    config = write_config(tmp_path, mailbox, **DAEMON)
+    d = daemons(config)
     d.wait_log("scan: 0 new")
     good = config.read_text()
     config.write_text(good.replace("[schedule]", "[schedule]\nbogus = 1"))
@@ -207,63 +117,51 @@ def test_sighup_reloads_and_a_broken_config_keeps_the_old_one(
     d.wait_log("configuration reloaded", after=mark)
     uid = mailbox.save(risky_payment()[0])
     d.wait_for(lambda: bool(keywords(mailbox, uid)), what="still scanning after reload")
-    assert d.stop()[0] == 0
+    assert d.stop() == 0
 
 
 def test_bad_config_fails_fast_with_exit_2(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text('[imap]\nhost = "127.0.0.1"\nusername = "u"\nport = 0.5\n')
-    proc = subprocess.run(
-        [*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=60
-    )
+    config = raw_config(tmp_path, '[imap]\nhost = "127.0.0.1"\nusername = "u"\nport = 0.5\n')
+    proc = run_cli("run", "--config", str(config), timeout=60)
     assert proc.returncode == 2
     assert "imap.port" in proc.stderr
 
 
 def test_idle_labels_new_mail_long_before_the_next_poll(
-    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon]
+    mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon]
 ) -> None:
-    config = write_config(tmp_path, mailbox, extra="idle = true\n", poll=600)
-    d = Daemon(config)
-    daemons.append(d)
+    config = write_config(
+        tmp_path, mailbox, imap={"timeout": 5}, schedule={"poll_interval": 600, "idle": True}
+    )
+    d = daemons(config)
     d.wait_log("scan: 0 new")
     time.sleep(1.0)  # let the IDLE connection settle in
     uid = mailbox.save(risky_payment()[0])
     # The next poll is 600 s away: only IDLE can have triggered this scan.
     d.wait_for(lambda: bool(keywords(mailbox, uid)), timeout=60, what="IDLE-triggered scan")
     assert any("IDLE: new mail" in line for line in d.lines)
-    assert d.stop()[0] == 0
-
-
-def digest_config(sink: Any) -> str:
-    return (
-        "[smtp]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {sink.port}\n"
-        'tls = "starttls"\n'
-        f"username = {json.dumps(sink.username)}\n"
-        'password_file = "smtp-password"\n'
-        f"ca_file = {json.dumps(str(sink.ca_file))}\n"
-        "timeout = 5\n"
-        "[digest]\n"
-        'to = "alex@personal.example"\n'
-        'from = "guard@work.example"\n'
-        'time = "00:00"\n'
-        'timezone = "UTC"\n'
-    )
+    assert d.stop() == 0
 
 
 def test_digest_missed_at_start_is_sent_once_even_when_smtp_is_down_first(
-    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon], smtp_sink: Any
+    mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon], smtp_sink: Any
 ) -> None:
-    (tmp_path / "smtp-password").write_text(smtp_sink.password + "\n")
-    (tmp_path / "smtp-password").chmod(0o600)
+    config = write_config(
+        tmp_path,
+        mailbox,
+        **DAEMON,
+        smtp=smtp_section(tmp_path, smtp_sink, timeout=5),
+        digest={
+            "to": "alex@personal.example",
+            "from": "guard@work.example",
+            "time": "00:00",
+            "timezone": "UTC",
+        },
+    )
     smtp_sink.stop()  # down at digest time
     _raw, _ = risky_payment(subject="Landing page budget")
     mailbox.save(_raw)
-    config = write_config(tmp_path, mailbox, extra=digest_config(smtp_sink))
-    d = Daemon(config)
-    daemons.append(d)
+    d = daemons(config)
     mark = d.wait_log("not sent", timeout=60)
     assert "will retry" in d.lines[mark]
     db = tmp_path / "guard.sqlite3"
@@ -283,7 +181,7 @@ def test_digest_missed_at_start_is_sent_once_even_when_smtp_is_down_first(
     text = msg.get_body(preferencelist=("plain",)).get_content()
     html = msg.get_body(preferencelist=("html",)).get_content()
     assert "Landing page budget" in text and "Landing page budget" in html
-    assert d.stop()[0] == 0
+    assert d.stop() == 0
     con = sqlite3.connect(db)
     assert con.execute("select status, attempts from digest").fetchall() == [("sent", 2)]
     con.close()
@@ -298,11 +196,11 @@ SLOW_ENTRY = """
 import os, sys, time
 from pathlib import Path
 
-import guard.service.scan as scan_module
+from guard.service.recording import Recorder
 
 marker = Path(os.environ["SLOW_MARKER"])
 seconds = float(os.environ["SLOW_SECONDS"])
-original = scan_module._Scanner.judge
+original = Recorder.judge
 
 
 def judge(self, fetched):
@@ -314,7 +212,7 @@ def judge(self, fetched):
     return original(self, fetched)
 
 
-scan_module._Scanner.judge = judge
+Recorder.judge = judge
 from guard.cli import main
 
 sys.exit(main(sys.argv[1:]))
@@ -337,37 +235,31 @@ def db_query(tmp: Path, sql: str) -> list[tuple[Any, ...]]:
     ],
 )
 def test_sigterm_mid_parse_stops_in_time_and_the_next_start_records_the_rest_once(
-    mailbox: MailAccount, tmp_path: Path, daemons: list[Daemon], slow_seconds: float
+    mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon], slow_seconds: float
 ) -> None:
     total, slow_at = 40, 24
-    raws: list[bytes] = []
-    risky_ids: set[str] = set()
-    for i in range(total):
-        if i % 3 == 0:
-            raw, msgid = risky_payment(subject=f"Budget {i}", sender=f"c{i}@client.example")
-            risky_ids.add(msgid)
-        else:
-            raw, msgid = harmless(i, subject=f"Notes {i}", sender=f"c{i}@client.example")
-        if i == slow_at:
-            raw = b"X-Test-Slow: yes\r\n" + raw
-        raws.append(raw)
+    raws, risky_ids = mixed(total, lambda i: i % 3 == 0, "Budget {}", "Notes {}")
+    raws[slow_at] = b"X-Test-Slow: yes\r\n" + raws[slow_at]
     mailbox.append_many(raws)
     # Small runs, so several commit before the slow message is reached.
-    config = write_config(tmp_path, mailbox, extra="", poll=3600)
-    text = config.read_text().replace("[store]", "batch_bytes = 4096\n[store]")
-    config.write_text(text)
+    config = write_config(
+        tmp_path,
+        mailbox,
+        imap={"timeout": 5, "batch_bytes": 4096},
+        schedule={"poll_interval": 3600},
+    )
     entry = tmp_path / "slow_entry.py"
     entry.write_text(SLOW_ENTRY)
     marker = tmp_path / "slow-judging"
-    d = Daemon(
+    d = daemons(
         config,
         env={"SLOW_MARKER": str(marker), "SLOW_SECONDS": str(slow_seconds)},
-        cli=[sys.executable, str(entry)],
+        command=[sys.executable, str(entry)],
     )
-    daemons.append(d)
     d.wait_for(marker.exists, timeout=60, what="the slow message being judged")
 
-    code, took = d.stop(signal.SIGTERM)
+    code = d.stop(signal.SIGTERM)
+    took = d.stop_seconds
 
     assert code == 0
     assert took < 15  # systemd's TimeoutStopSec for the unit: SIGKILL comes after that
@@ -391,10 +283,9 @@ def test_sigterm_mid_parse_stops_in_time_and_the_next_start_records_the_rest_onc
     assert {m for _u, m, r in recorded if r != "none"} <= risky_ids
 
     # The next start (without the fault) records the rest, each message exactly once.
-    again = Daemon(config)
-    daemons.append(again)
+    again = daemons(config)
     again.wait_log(f"scan: {total - len(recorded)} new,", timeout=120)
-    code, _ = again.stop(signal.SIGTERM)
+    code = again.stop(signal.SIGTERM)
     assert code == 0
     rows = db_query(tmp_path, "select uid, count(*) from message group by uid")
     assert len(rows) == total and all(n == 1 for _u, n in rows)

@@ -5,20 +5,16 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
+from support.cli import run_cli
+from support.configs import raw_config, write_config
 from support.servers import MailAccount
-from test_daemon import write_config
-
-CLI = [sys.executable, "-m", "guard"]
 
 
 def doctor(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "doctor", "--config", str(config)], capture_output=True, text=True, timeout=120
-    )
+    return run_cli("doctor", "--config", str(config), timeout=120)
 
 
 def test_doctor_on_a_healthy_setup(mailbox: MailAccount, tmp_path: Path) -> None:
@@ -54,8 +50,7 @@ def test_doctor_names_the_failure_and_a_fix(mailbox: MailAccount, tmp_path: Path
 def test_doctor_without_tls_says_no_certificate_was_verified(
     mailbox: MailAccount, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, mailbox)
-    config.write_text(config.read_text().replace('tls = "starttls"', 'tls = "none"'))
+    config = write_config(tmp_path, mailbox, imap={"tls": "none"})
     proc = doctor(config)
     assert proc.returncode == 0, proc.stdout
     line = next(x for x in proc.stdout.splitlines() if x.startswith("ok   tls:"))
@@ -64,8 +59,7 @@ def test_doctor_without_tls_says_no_certificate_was_verified(
 
 
 def test_doctor_stops_at_dns(mailbox: MailAccount, tmp_path: Path) -> None:
-    config = write_config(tmp_path, mailbox)
-    config.write_text(config.read_text().replace('"127.0.0.1"', '"mail.no-such-host.invalid"'))
+    config = write_config(tmp_path, mailbox, imap={"host": "mail.no-such-host.invalid"})
     proc = doctor(config)
     assert proc.returncode == 1
     assert "FAIL dns: mail.no-such-host.invalid" in proc.stdout
@@ -73,8 +67,7 @@ def test_doctor_stops_at_dns(mailbox: MailAccount, tmp_path: Path) -> None:
 
 
 def test_doctor_reports_a_broken_config(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text("[imap]\nhost = 1\n")
+    config = raw_config(tmp_path, "[imap]\nhost = 1\n")
     proc = doctor(config)
     assert proc.returncode == 1
     assert "FAIL config:" in proc.stdout and "imap.host" in proc.stdout
@@ -90,9 +83,7 @@ def test_a_crafted_login_reply_is_shown_as_one_clean_line(
         port = server.getsockname()[1]
         thread = threading.Thread(target=_refuse_login, args=(server, reply), daemon=True)
         thread.start()
-        config = write_config(tmp_path, mailbox)
-        text = config.read_text().replace('tls = "starttls"', 'tls = "none"')
-        config.write_text(text.replace(f"port = {mailbox.port}", f"port = {port}"))
+        config = write_config(tmp_path, mailbox, imap={"tls": "none", "port": port})
         proc = doctor(config)
         thread.join(10)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("FAIL login:"))

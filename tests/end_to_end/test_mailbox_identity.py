@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
-from support.servers import Dovecot
+from support.cli import run_cli
+from support.configs import write_config
+from support.db import rows
+from support.servers import Dovecot, MailAccount
 
 from guard import store as st
-
-CLI = [sys.executable, "-m", "guard"]
 
 
 def message(n: int, subject: str, body: str) -> bytes:
@@ -43,43 +42,11 @@ SHARED = message(2, "Staging review", "The staging deploy looks good, see you Th
 ONLY_B = message(3, "Logo files", "Here are the logo files you asked for.")
 
 
-def write_config(tmp: Path, dovecot: Dovecot, user: str, url: str) -> Path:
-    pw = tmp / "imap-password"
-    pw.write_text(dovecot.password + "\n")
-    pw.chmod(0o600)
-    path = tmp / "config.toml"
-    path.write_text(
-        "[imap]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {dovecot.port}\n"
-        'tls = "none"\n'
-        f"username = {json.dumps(user)}\n"
-        f"password_file = {json.dumps(str(pw))}\n"
-        "timeout = 10\n"
-        "[store]\n"
-        f"url = {json.dumps(url)}\n"
-    )
-    return path
+PLAIN = {"tls": "none", "ca_file": None, "timeout": 10}  # IMAP without TLS on loopback
 
 
 def scan(config: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [*CLI, "scan", "--config", str(config), "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def rows(url: str, sql: str, **params: object) -> list[tuple[object, ...]]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql), params)]
-    finally:
-        engine.dispose()
+    return run_cli("scan", "--config", str(config), "--format", "json", timeout=180, check=True)
 
 
 def messages_of(url: str, account: str) -> set[tuple[str, int, str]]:
@@ -91,17 +58,10 @@ def messages_of(url: str, account: str) -> set[tuple[str, int, str]]:
     return {(str(f), int(str(u)), str(s)) for f, u, s in found}
 
 
-def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "postgresql":
-        return str(request.getfixturevalue("postgres_url"))
-    return f"sqlite:///{tmp_path / 'guard.sqlite3'}"
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_another_user_under_the_same_account_is_another_mailbox(
-    dovecot: Dovecot, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+    dovecot: Dovecot, tmp_path: Path, store_url: str
 ) -> None:
-    url = store_url(backend, tmp_path, request)
+    url = store_url
     a, b = dovecot.new_user("first"), dovecot.new_user("second")
     dovecot.save(a, RISKY)
     dovecot.save(a, SHARED)
@@ -110,7 +70,7 @@ def test_another_user_under_the_same_account_is_another_mailbox(
     uv_a, uv_b = dovecot.uidvalidity(a), dovecot.uidvalidity(b)
     mailbox_a, mailbox_b = f"{a}@127.0.0.1", f"{b}@127.0.0.1"
 
-    config = write_config(tmp_path, dovecot, a, url)
+    config = write_config(tmp_path, MailAccount(dovecot, a), url, imap=PLAIN)
     first = scan(config)
     assert json.loads(first.stdout)["new_messages"] == 2
     history_a = messages_of(url, "default")
@@ -166,7 +126,7 @@ def test_another_host_for_the_same_user_is_another_mailbox(
     url = f"sqlite:///{tmp_path / 'guard.sqlite3'}"
     user = dovecot.new_user("host")
     dovecot.save(user, SHARED)
-    config = write_config(tmp_path, dovecot, user, url)
+    config = write_config(tmp_path, MailAccount(dovecot, user), url, imap=PLAIN)
     scan(config)
     config.write_text(config.read_text().replace('"127.0.0.1"', '"localhost"'))
     proc = scan(config)
@@ -176,16 +136,15 @@ def test_another_host_for_the_same_user_is_another_mailbox(
     assert len(messages_of(url, old)) == 1
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_version_2_store_gains_the_mailbox_and_keeps_its_position(
-    dovecot: Dovecot, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+    dovecot: Dovecot, tmp_path: Path, store_url: str
 ) -> None:
     """A store written before v3 has folder state without a mailbox: it is taken to be the
     configured mailbox's (no fresh start, nothing read twice), and recorded from then on."""
-    url = store_url(backend, tmp_path, request)
+    url = store_url
     user = dovecot.new_user("legacy")
     dovecot.save(user, SHARED)
-    config = write_config(tmp_path, dovecot, user, url)
+    config = write_config(tmp_path, MailAccount(dovecot, user), url, imap=PLAIN)
     scan(config)
     # make it a v2 database as v2 wrote it: no mailbox column, schema_version 2
     engine = sa.create_engine(url)

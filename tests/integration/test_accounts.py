@@ -4,52 +4,35 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import Daemon, run_cli
+from support.configs import imap_section, secret_file, smtp_section, write_config
 from support.mail import harmless, risky_payment
-from support.servers import Dovecot
-
-CLI = [sys.executable, "-m", "guard"]
+from support.servers import Dovecot, MailAccount
 
 
 def accounts_config(
-    tmp: Path,
-    dovecot: Dovecot,
-    users: dict[str, str],
-    store_url: str | None = None,
-    extra: str = "",
+    tmp: Path, dovecot: Dovecot, users: dict[str, str], store_url: str | None = None, **tables: Any
 ) -> Path:
     """users: account name -> Dovecot user; a user named "!bad" gets a wrong password."""
-    good = tmp / "pw"
-    good.write_text(dovecot.password + "\n")
-    bad = tmp / "bad-pw"
-    bad.write_text("not-the-password\n")
-    for f in (good, bad):
-        f.chmod(0o600)
-    url = store_url or f"sqlite:///{tmp / 'guard.sqlite3'}"
-    parts = [f"[store]\nurl = {json.dumps(url)}\n", extra]
-    for name, user in users.items():
-        wrong = user.startswith("!")
-        parts.append(
-            "[[account]]\n"
-            f'name = "{name}"\n'
-            f'digest_to = "{name}@personal.example"\n'
-            "[account.imap]\n"
-            'host = "127.0.0.1"\n'
-            f"port = {dovecot.port}\n"
-            'tls = "starttls"\n'
-            f"username = {json.dumps(user.lstrip('!'))}\n"
-            f'password_file = "{"bad-pw" if wrong else "pw"}"\n'
-            f"ca_file = {json.dumps(str(dovecot.ca_file))}\n"
-        )
-    path = tmp / "config.toml"
-    path.write_text("\n".join(parts))
-    return path
+    secret_file(tmp, "pw", dovecot.password)
+    secret_file(tmp, "bad-pw", "not-the-password")
+    accounts = [
+        {
+            "name": name,
+            "digest_to": f"{name}@personal.example",
+            "imap": imap_section(
+                MailAccount(dovecot, user.lstrip("!")), "bad-pw" if user.startswith("!") else "pw"
+            ),
+        }
+        for name, user in users.items()
+    ]
+    return write_config(tmp, None, store_url, **tables, account=accounts)
 
 
 def keywords(dovecot: Dovecot, user: str) -> dict[int, set[str]]:
@@ -70,12 +53,7 @@ def test_two_mailboxes_and_a_failing_one(
         tmp_path, dovecot, {"upwork": upwork, "broken": "!" + upwork, "fiverr": fiverr}, url
     )
 
-    proc = subprocess.run(
-        [*CLI, "scan", "--config", str(config), "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli("scan", "--config", str(config), "--format", "json")
 
     assert proc.returncode == 1  # one mailbox failed ...
     errors = proc.stderr.strip().splitlines()
@@ -91,20 +69,10 @@ def test_two_mailboxes_and_a_failing_one(
     # Per-account state: a second scan of one account fetches nothing, and the other
     # account's new mail is picked up without re-reading the first.
     dovecot.save(fiverr, harmless(2)[0])
-    again = subprocess.run(
-        [*CLI, "scan", "--config", str(config), "--format", "json", "--account", "fiverr"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_cli("scan", "--config", str(config), "--format", "json", "--account", "fiverr")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["new_messages"] == 1
-    found = subprocess.run(
-        [*CLI, "findings", "--config", str(config), "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    found = run_cli("findings", "--config", str(config), "--format", "json")
     threads = [json.loads(line) for line in found.stdout.splitlines()]
     assert sorted(t["account"] for t in threads) == ["fiverr", "upwork"]
     if backend == "sqlite":
@@ -115,44 +83,30 @@ def test_two_mailboxes_and_a_failing_one(
 
 def test_unknown_account_is_a_usage_error(dovecot: Dovecot, tmp_path: Path) -> None:
     config = accounts_config(tmp_path, dovecot, {"a": dovecot.new_user("a")})
-    proc = subprocess.run(
-        [*CLI, "scan", "--config", str(config), "--account", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("scan", "--config", str(config), "--account", "nope", timeout=120)
     assert proc.returncode == 2 and "no account named 'nope'" in proc.stderr
 
 
 def test_daemon_guards_several_mailboxes_and_mails_each_digest_to_its_owner(
-    dovecot: Dovecot, tmp_path: Path, smtp_sink: Any
+    dovecot: Dovecot, tmp_path: Path, smtp_sink: Any, daemons: Callable[..., Daemon]
 ) -> None:
     one, two = dovecot.new_user("one"), dovecot.new_user("two")
-    (tmp_path / "smtp-pw").write_text(smtp_sink.password + "\n")
-    (tmp_path / "smtp-pw").chmod(0o600)
-    extra = (
-        "[schedule]\npoll_interval = 2\nmax_parallel = 2\n"
-        "[smtp]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {smtp_sink.port}\n"
-        'tls = "starttls"\n'
-        f'username = "{smtp_sink.username}"\n'
-        'password_file = "smtp-pw"\n'
-        f"ca_file = {json.dumps(str(smtp_sink.ca_file))}\n"
-        "[digest]\n"
-        'to = "fallback@personal.example"\n'
-        'from = "guard@work.example"\n'
-        'time = "00:00"\n'
-        'timezone = "UTC"\n'
-    )
     dovecot.save(one, risky_payment(subject="one: deal")[0])
     dovecot.save(two, risky_payment(subject="two: deal")[0])
     config = accounts_config(
-        tmp_path, dovecot, {"one": one, "two": two, "broken": "!" + one}, extra=extra
+        tmp_path,
+        dovecot,
+        {"one": one, "two": two, "broken": "!" + one},
+        schedule={"poll_interval": 2, "max_parallel": 2},
+        smtp=smtp_section(tmp_path, smtp_sink, password_file="smtp-password"),
+        digest={
+            "to": "fallback@personal.example",
+            "from": "guard@work.example",
+            "time": "00:00",
+            "timezone": "UTC",
+        },
     )
-    proc = subprocess.Popen(
-        [*CLI, "run", "--config", str(config)], stderr=subprocess.PIPE, text=True
-    )
+    daemon = daemons(config)
     try:
         messages = smtp_sink.wait_for(2, timeout=60)
         recipients = sorted(r for m in messages for r in m.rcpt_tos)
@@ -167,9 +121,9 @@ def test_daemon_guards_several_mailboxes_and_mails_each_digest_to_its_owner(
             time.sleep(0.2)
         assert keywords(dovecot, two).get(uid), "second mailbox not labelled"
     finally:
-        proc.terminate()
-        _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0
+        code = daemon.stop()
+    err = daemon.log
+    assert code == 0
     broken = [line for line in err.splitlines() if "[broken]" in line and "scan failed" in line]
     assert len(broken) == 1  # a refused login is retried slowly, not in a storm
     assert "[one] scan:" in err and "[two] scan:" in err

@@ -28,9 +28,9 @@ import pytest
 from sqlmodel import select
 from support.servers import CertPair, MailAccount, SmtpMessage, SmtpSink
 
+from guard import reports as dg
 from guard import store as st
 from guard.config import Config
-from guard.reports import digest as dg
 
 T0 = datetime(2026, 11, 20, 9, 0)
 ACCOUNT = "default"

@@ -12,20 +12,17 @@ import base64
 import email
 import email.policy
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlmodel import select
+from support.cli import run_cli
 from support.configs import write_config
 from support.servers import Dovecot, MailAccount
 
 from guard import store as st
 
-CLI = [sys.executable, "-m", "guard"]
 PAYMENT = (
     "The platform takes a big cut from both of us. I can pay you directly through PayPal "
     "so we avoid the fees, just send me your PayPal email."
@@ -45,13 +42,8 @@ def b_word(text: str) -> str:
     return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
-
-
 def scan(config: Path) -> dict[str, Any]:
-    proc = cli("scan", "--config", str(config), "--format", "json")
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    proc = run_cli("scan", "--config", str(config), "--format", "json", check=True)
     assert "Traceback" not in proc.stderr
     return json.loads(proc.stdout)
 
@@ -203,13 +195,6 @@ def test_scan_after_an_interrupted_label_copy_of_a_non_ascii_message_id(
 # --------------------------------------------------------------------------- threads
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'guard.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 def test_a_forged_message_id_does_not_hijack_the_clients_thread(
     mailbox: MailAccount, tmp_path: Path, store_url: str
 ) -> None:
@@ -280,7 +265,7 @@ def test_a_forged_message_id_does_not_hijack_the_clients_thread(
         store.close()
 
     bundle = tmp_path / "client.zip"
-    proc = cli("export", client_thread, "--out", str(bundle), "--config", str(config))
+    proc = run_cli("export", client_thread, "--out", str(bundle), "--config", str(config))
     assert proc.returncode == 0, proc.stderr
     with zipfile.ZipFile(bundle) as z:
         manifest = json.loads(z.read("MANIFEST.json"))

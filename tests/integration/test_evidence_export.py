@@ -13,8 +13,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -22,9 +20,10 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+from support.cli import run_cli
+from support.configs import imap_section, secret_file, smtp_section, write_config
 from support.servers import Dovecot, MailAccount, SmtpSink
 
-CLI = [sys.executable, "-m", "guard"]
 CLIENT = "Jake Morrow <jake@morrow-goods.example>"
 ME = "Alex Rivera <alex.work@example.org>"
 
@@ -32,38 +31,8 @@ ME = "Alex Rivera <alex.work@example.org>"
 # --------------------------------------------------------------------------- helpers
 
 
-def write_config(
-    tmp: Path, acct: MailAccount, keep: str = "risky", store_url: str | None = None
-) -> Path:
-    url = store_url or f"sqlite:///{tmp / 'guard.sqlite3'}"
-    pw = tmp / "imap-password"
-    pw.write_text(acct.password + "\n")
-    pw.chmod(0o600)
-    path = tmp / "config.toml"
-    path.write_text(
-        "[imap]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {acct.port}\n"
-        'tls = "starttls"\n'
-        f'username = "{acct.user}"\n'
-        f'password_file = "{pw}"\n'
-        f'ca_file = "{acct.ca_file}"\n'
-        "[store]\n"
-        f"url = {json.dumps(url)}\n"
-        "[evidence]\n"
-        f'keep = "{keep}"\n'
-    )
-    return path
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
-
-
 def ok(*args: str) -> str:
-    proc = cli(*args)
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
-    return proc.stdout
+    return run_cli(*args, check=True).stdout
 
 
 def mail(
@@ -150,6 +119,16 @@ def dispute_thread_id(config: Path) -> str:
     return str(disputes[0]["thread"])
 
 
+def scanned_dispute(
+    acct: MailAccount, tmp: Path, store_url: str | None = None, **tables: Any
+) -> tuple[Path, str, dict[str, list[int]]]:
+    """The dispute seeded in ``acct`` and scanned: the config, the thread's id, its UIDs."""
+    uids = seed_dispute(acct)
+    config = write_config(tmp, acct, store_url, **tables)
+    ok("scan", "--config", str(config))
+    return config, dispute_thread_id(config), uids
+
+
 def read_zip(path: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(path) as zf:
         return {i.filename: zf.read(i) for i in zf.infolist()}
@@ -198,10 +177,7 @@ def rewrite_with_one_byte_changed(bundle: Path, name: str) -> None:
 def test_dispute_thread_exported_verified_and_one_changed_byte_caught(
     mailbox: MailAccount, tmp_path: Path
 ) -> None:
-    uids = seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox)
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    config, thread, uids = scanned_dispute(mailbox, tmp_path)
     flags_before = {f: mailbox.flags(f) for f in ("INBOX", "Sent")}
     bundle = tmp_path / "dispute.zip"
 
@@ -230,7 +206,7 @@ def test_dispute_thread_exported_verified_and_one_changed_byte_caught(
     assert {f: mailbox.flags(f) for f in ("INBOX", "Sent")} == flags_before
 
     noted = out.split("MANIFEST.json SHA-256 ")[1].strip()
-    verified = cli("verify", str(bundle), "--expect", noted)
+    verified = run_cli("verify", str(bundle), "--expect", noted)
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout == (
         f"MANIFEST.json SHA-256 {noted} (the expected one)\nOK: 4 messages, 9 files verified\n"
@@ -238,7 +214,7 @@ def test_dispute_thread_exported_verified_and_one_changed_byte_caught(
 
     refusal = manifest["messages"][2]["file"]
     rewrite_with_one_byte_changed(bundle, refusal)
-    tampered = cli("verify", str(bundle))
+    tampered = run_cli("verify", str(bundle))
     assert tampered.returncode == 1
     problems = tampered.stderr.splitlines()
     assert problems == [
@@ -249,10 +225,7 @@ def test_dispute_thread_exported_verified_and_one_changed_byte_caught(
 
 
 def test_thread_found_by_sender_or_subject(mailbox: MailAccount, tmp_path: Path) -> None:
-    seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox)
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    config, thread, _uids = scanned_dispute(mailbox, tmp_path)
 
     by_sender = tmp_path / "by-sender.zip"
     ok(
@@ -275,10 +248,7 @@ def test_thread_found_by_sender_or_subject(mailbox: MailAccount, tmp_path: Path)
 def test_export_fetches_from_the_server_when_nothing_was_kept(
     mailbox: MailAccount, tmp_path: Path
 ) -> None:
-    seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox, keep="none")
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    config, thread, _uids = scanned_dispute(mailbox, tmp_path, evidence={"keep": "none"})
     flags_before = {f: mailbox.flags(f) for f in ("INBOX", "Sent")}
     bundle = tmp_path / "dispute.zip"
 
@@ -289,16 +259,13 @@ def test_export_fetches_from_the_server_when_nothing_was_kept(
     assert assert_eml_match_server(bundle, on_server(mailbox)) == 4
     # fetched with BODY.PEEK[] in read-only folders: not even \Seen changed
     assert {f: mailbox.flags(f) for f in ("INBOX", "Sent")} == flags_before
-    assert cli("verify", str(bundle)).stdout.endswith("\nOK: 4 messages, 9 files verified\n")
+    assert run_cli("verify", str(bundle)).stdout.endswith("\nOK: 4 messages, 9 files verified\n")
 
 
 def test_message_deleted_from_the_server_and_not_kept_is_listed_missing(
     mailbox: MailAccount, tmp_path: Path
 ) -> None:
-    uids = seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox, keep="none")
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    config, thread, uids = scanned_dispute(mailbox, tmp_path, evidence={"keep": "none"})
     gone = uids["INBOX"][1]  # the client's refusal: exactly what they would like to unsay
     with mailbox.session() as client:
         client.select_folder("INBOX")
@@ -306,7 +273,7 @@ def test_message_deleted_from_the_server_and_not_kept_is_listed_missing(
         client.expunge()
     bundle = tmp_path / "dispute.zip"
 
-    proc = cli("export", thread, "--out", str(bundle), "--config", str(config))
+    proc = run_cli("export", thread, "--out", str(bundle), "--config", str(config))
 
     assert proc.returncode == 1  # written, but incomplete: documented in `export --help`
     err = proc.stderr.splitlines()
@@ -326,14 +293,14 @@ def test_message_deleted_from_the_server_and_not_kept_is_listed_missing(
     assert manifest["counts"] == {"messages": 4, "included": 3, "partial": 0, "missing": 1}
     assert "MISSING FROM THIS BUNDLE" in read_zip(bundle)["timeline.txt"].decode()
     assert assert_eml_match_server(bundle, on_server(mailbox)) == 3
-    refused = cli("verify", str(bundle))  # a gap in the record is a failure ...
+    refused = run_cli("verify", str(bundle))  # a gap in the record is a failure ...
     assert refused.returncode == 1
     assert refused.stderr.splitlines() == [
         "inbox-guard: error: MANIFEST.json: message 3 of 4, 2026-11-19T09:30:00Z, from "
         "jake@morrow-goods.example, Message-ID <dispute-3@morrow-goods.example> is listed as "
         "missing, so the bundle does not hold it (--allow-missing accepts that)"
     ]
-    verified = cli("verify", str(bundle), "--allow-missing")  # ... unless accepted
+    verified = run_cli("verify", str(bundle), "--allow-missing")  # ... unless accepted
     assert verified.returncode == 0
     assert verified.stdout.endswith(
         "\nOK: 3 messages, 8 files verified (1 message(s) listed as missing in MANIFEST.json)\n"
@@ -343,10 +310,8 @@ def test_message_deleted_from_the_server_and_not_kept_is_listed_missing(
 def test_kept_evidence_survives_the_message_being_deleted(
     mailbox: MailAccount, tmp_path: Path
 ) -> None:
-    uids = seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox)  # keep = "risky": the thread is flagged
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    # keep = "risky" (the default): the thread is flagged
+    config, thread, uids = scanned_dispute(mailbox, tmp_path)
     before = on_server(mailbox)
     with mailbox.session() as client:
         client.select_folder("INBOX")
@@ -357,20 +322,17 @@ def test_kept_evidence_survives_the_message_being_deleted(
     ok("export", thread, "--out", str(bundle), "--config", str(config))
 
     assert assert_eml_match_server(bundle, before) == 4
-    assert cli("verify", str(bundle)).returncode == 0
+    assert run_cli("verify", str(bundle)).returncode == 0
 
 
 def test_recreated_folder_is_named_as_the_reason_until_the_next_scan(
     mailbox: MailAccount, tmp_path: Path
 ) -> None:
-    seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox, keep="none")
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    config, thread, _uids = scanned_dispute(mailbox, tmp_path, evidence={"keep": "none"})
     mailbox.recreate_mailbox("Sent")  # same messages, new UIDVALIDITY and UIDs
     bundle = tmp_path / "dispute.zip"
 
-    proc = cli("export", thread, "--out", str(bundle), "--config", str(config))
+    proc = run_cli("export", thread, "--out", str(bundle), "--config", str(config))
 
     assert proc.returncode == 1
     missing = [m for m in manifest_of(bundle)["messages"] if m["status"] == "missing"]
@@ -391,20 +353,12 @@ def test_thread_of_one_of_several_mailboxes_fetched_from_its_own_server(
     upwork, fiverr = dovecot.account("upwork"), dovecot.account("fiverr")
     upwork.save(mail(9, "Rob <rob@agency.example>", ME, "Website quote", "Can you quote?"))
     seed_dispute(fiverr)
-    pw = tmp_path / "pw"
-    pw.write_text(dovecot.password + "\n")
-    pw.chmod(0o600)
-    blocks = [
-        f'[store]\nurl = "sqlite:///{tmp_path / "guard.sqlite3"}"\n[evidence]\nkeep = "none"\n'
+    pw = secret_file(tmp_path, "pw", dovecot.password)
+    accounts = [
+        {"name": acct.user.split("-")[0], "imap": imap_section(acct, pw)}
+        for acct in (upwork, fiverr)
     ]
-    for acct in (upwork, fiverr):
-        blocks.append(
-            f'[[account]]\nname = "{acct.user.split("-")[0]}"\n[account.imap]\n'
-            f'host = "127.0.0.1"\nport = {acct.port}\ntls = "starttls"\n'
-            f'username = "{acct.user}"\npassword_file = "{pw}"\nca_file = "{acct.ca_file}"\n'
-        )
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(blocks))
+    config = write_config(tmp_path, None, evidence={"keep": "none"}, account=accounts)
     ok("scan", "--config", str(config))
     thread = dispute_thread_id(config)
     bundle = tmp_path / "dispute.zip"
@@ -415,7 +369,7 @@ def test_thread_of_one_of_several_mailboxes_fetched_from_its_own_server(
     assert {m["account"] for m in manifest["messages"]} == {"fiverr"}
     assert [m["obtained_from"] for m in manifest["messages"]] == ["imap"] * 4
     assert assert_eml_match_server(bundle, on_server(fiverr)) == 4
-    nothing = cli(
+    nothing = run_cli(
         "export",
         thread,
         "--account",
@@ -431,42 +385,28 @@ def test_thread_of_one_of_several_mailboxes_fetched_from_its_own_server(
 def test_export_from_a_postgresql_store(
     mailbox: MailAccount, tmp_path: Path, postgres_url: str
 ) -> None:
-    seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox, store_url=postgres_url)
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    config, thread, _uids = scanned_dispute(mailbox, tmp_path, postgres_url)
     bundle = tmp_path / "dispute.zip"
 
     ok("export", "--query", "SHOPIFY", "--out", str(bundle), "--config", str(config))
 
     assert manifest_of(bundle)["threads"][0]["thread_id"] == thread
     assert assert_eml_match_server(bundle, on_server(mailbox)) == 4
-    assert cli("verify", str(bundle)).stdout.endswith("\nOK: 4 messages, 9 files verified\n")
+    assert run_cli("verify", str(bundle)).stdout.endswith("\nOK: 4 messages, 9 files verified\n")
 
 
 def test_manifest_hash_mailed_to_the_digest_address_checks_the_bundle(
     mailbox: MailAccount, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    seed_dispute(mailbox)
-    config = write_config(tmp_path, mailbox)
-    smtp_pw = tmp_path / "smtp-password"
-    smtp_pw.write_text(smtp_sink.password + "\n")
-    smtp_pw.chmod(0o600)
-    with config.open("a") as fh:
-        fh.write(
-            "[smtp]\n"
-            'host = "127.0.0.1"\n'
-            f"port = {smtp_sink.port}\n"
-            'tls = "starttls"\n'
-            f'username = "{smtp_sink.username}"\n'
-            f'password_file = "{smtp_pw}"\n'
-            f'ca_file = "{smtp_sink.ca_file}"\n'
-            "[digest]\n"
-            'to = "Alex at home <alex@home.example>"\n'
-            'from = "inbox-guard <guard@work.example>"\n'
-        )
-    ok("scan", "--config", str(config))
-    thread = dispute_thread_id(config)
+    config, thread, _uids = scanned_dispute(
+        mailbox,
+        tmp_path,
+        smtp=smtp_section(tmp_path, smtp_sink),
+        digest={
+            "to": "Alex at home <alex@home.example>",
+            "from": "inbox-guard <guard@work.example>",
+        },
+    )
     bundle = tmp_path / "dispute.zip"
 
     out = ok("export", thread, "--out", str(bundle), "--mail-hash", "--config", str(config))
@@ -485,7 +425,7 @@ def test_manifest_hash_mailed_to_the_digest_address_checks_the_bundle(
     assert f"inbox-guard verify dispute.zip --expect {manifest_sha}" in text
     assert "4 of 4 in the bundle" in text and thread in text
     assert "full refund" not in text  # no mail text in it
-    assert cli("verify", str(bundle), "--expect", manifest_sha).returncode == 0
+    assert run_cli("verify", str(bundle), "--expect", manifest_sha).returncode == 0
 
     # the same bundle rebuilt with other content is caught by the mailed hash only
     entries = read_zip(bundle)
@@ -510,8 +450,8 @@ def test_manifest_hash_mailed_to_the_digest_address_checks_the_bundle(
         for name, content in entries.items():
             zf.writestr(name, content)
     bundle.write_bytes(buffer.getvalue())
-    assert cli("verify", str(bundle)).returncode == 0  # consistent with itself
-    caught = cli("verify", str(bundle), "--expect", manifest_sha)
+    assert run_cli("verify", str(bundle)).returncode == 0  # consistent with itself
+    caught = run_cli("verify", str(bundle), "--expect", manifest_sha)
     assert caught.returncode == 1
     assert f"not the expected {manifest_sha}" in caught.stderr
 
@@ -524,7 +464,7 @@ def test_mail_hash_without_a_digest_configured_is_refused_before_exporting(
     ok("scan", "--config", str(config))
     bundle = tmp_path / "dispute.zip"
 
-    proc = cli(
+    proc = run_cli(
         "export", "--query", "shopify", "--out", str(bundle), "--mail-hash", "-c", str(config)
     )
 

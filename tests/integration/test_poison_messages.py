@@ -17,23 +17,22 @@ import json
 import os
 import random
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
-from support.configs import write_config as support_write_config
+from support.cli import run_cli
+from support.configs import write_config
+from support.db import rows
 from support.mail import PAYMENT_BODY, harmless, make
 from support.servers import Dovecot, MailAccount
 
 from guard import store as st
 from guard.policy.model import UNCHECKED_RULE
 
-CLI = [sys.executable, "-m", "guard"]
 SOAK = os.environ.get("INBOX_GUARD_SOAK", "").strip() not in ("", "0")
 MARKER = "Zq7marker"  # text in every poison message that must never reach a log line
 
@@ -101,24 +100,7 @@ def _ordinary(i: int) -> bytes:
     return harmless(i, subject=f"Ordinary {i}", sender=f"c{i}@client.example")[0]
 
 
-def write_config(tmp: Path, acct: MailAccount, url: str, **imap: Any) -> Path:
-    return support_write_config(tmp, acct, url, imap={"batch_size": 25, **imap})
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgres_url"))
-    return f"sqlite:///{tmp_path / 'guard.sqlite3'}"
-
-
-def rows(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql), params)]
-    finally:
-        engine.dispose()
+BATCHES = {"batch_size": 25}  # several batches, the poison in the middle of one
 
 
 def recorded_uids(url: str, folder: str = "INBOX") -> list[int]:
@@ -129,12 +111,7 @@ def recorded_uids(url: str, folder: str = "INBOX") -> list[int]:
 
 
 def run_scan(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "scan", "--config", str(config), "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("scan", "--config", str(config), "--format", "json")
 
 
 def assert_quiet(proc: subprocess.CompletedProcess[str]) -> None:
@@ -161,7 +138,7 @@ def test_poison_messages_between_ordinary_ones_are_recorded_and_the_rest_judged(
         if i % 2 == 1:
             expected_risky.add(len(messages))
     mailbox.append_many(messages)
-    config = write_config(tmp_path, mailbox, store_url)
+    config = write_config(tmp_path, mailbox, store_url, imap=BATCHES)
     proc = run_scan(config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_quiet(proc)
@@ -202,7 +179,7 @@ def test_message_the_store_refuses_is_recorded_as_unreadable_and_the_scan_goes_o
     from guard.service.scan import ScanSettings, scan
 
     mailbox.append_many([_ordinary(0), _ordinary(1), POISONS["nul-subject"], _ordinary(3)])
-    config = load_config(write_config(tmp_path, mailbox, store_url))
+    config = load_config(write_config(tmp_path, mailbox, store_url, imap=BATCHES))
     store = st.Store(config.store.url)
     real = st.StoredMessage.__init__
 
@@ -330,7 +307,7 @@ def _property_run(
     acct = dovecot.account(f"poison-prop-{counter[0]}-{os.getpid()}")
     # Dovecot refuses a zero-byte APPEND ("Can't save a zero byte message"): a line break.
     appended = acct.append_many([raw or b"\r\n" for raw in raws])
-    config = load_config(write_config(tmp, acct, url))
+    config = load_config(write_config(tmp, acct, url, imap=BATCHES))
     settings = ScanSettings.from_config(config, "default")
     settings = dataclasses.replace(settings, account=acct.user)
     store = st.Store(url)

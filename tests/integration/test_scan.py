@@ -12,14 +12,14 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.configs import write_config
-from support.mail import CONTACT_BODY, harmless, make, risky_payment
+from support.cli import CLI, run_cli
+from support.configs import raw_config, write_config
+from support.mail import CONTACT_BODY, harmless, make, mixed, risky_payment
 from support.servers import MailAccount
 
 from guard.config import load_config
@@ -28,18 +28,10 @@ from guard.service.scan import ScanSettings, scan
 from guard.store import Store
 
 DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
-CLI = [sys.executable, "-m", "guard"]
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 def scan_json(config: Path, *extra: str) -> dict[str, Any]:
-    proc = run_cli("scan", "--config", str(config), "--format", "json", *extra)
+    proc = run_cli("scan", "--config", str(config), "--format", "json", *extra, check=True)
     return json.loads(proc.stdout)
 
 
@@ -206,7 +198,7 @@ def test_dry_run_changes_nothing_and_lists_what_it_would_label(
     flags, boxes = mailbox.flags(), mailbox.mailboxes()
 
     summary = scan_json(config, "--dry-run")
-    text = run_cli("scan", "--config", str(config), "--dry-run").stdout
+    text = run_cli("scan", "--config", str(config), "--dry-run", check=True).stdout
 
     assert summary["dry_run"] is True
     assert len(summary["would_label"]) == 4
@@ -274,7 +266,7 @@ def test_only_folder_and_missing_folder(mailbox: MailAccount, tmp_path: Path) ->
     config = write_config(tmp_path, mailbox)
     summary = scan_json(config, "--folder", "INBOX")
     assert list(summary["folders"]) == ["INBOX"]
-    proc = run_cli("scan", "--config", str(config), "--folder", "Nope", check=False)
+    proc = run_cli("scan", "--config", str(config), "--folder", "Nope")
     assert proc.returncode == 1
     assert "Nope" in proc.stderr and "does not exist" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -297,14 +289,8 @@ def test_connection_failures_are_one_clear_line(
     imap = dict(change)
     if imap.get("tls") == "implicit" and "port" not in imap:
         imap["port"] = mailbox.tls_port
-    if "ca_file" in imap and imap["ca_file"] is None:
-        del imap["ca_file"]
-        config = write_config(tmp_path, mailbox, imap=imap)
-        text = config.read_text().splitlines()
-        config.write_text("\n".join(x for x in text if not x.startswith("ca_file")) + "\n")
-    else:
-        config = write_config(tmp_path, mailbox, imap=imap)
-    proc = run_cli("scan", "--config", str(config), check=False)
+    config = write_config(tmp_path, mailbox, imap=imap)  # a ca_file of None: none at all
+    proc = run_cli("scan", "--config", str(config))
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
@@ -315,7 +301,7 @@ def test_wrong_password_names_the_user_not_the_password(
 ) -> None:
     config = write_config(tmp_path, mailbox)
     (tmp_path / "imap-password").write_text("definitely-wrong-pw\n")
-    proc = run_cli("scan", "--config", str(config), check=False)
+    proc = run_cli("scan", "--config", str(config))
     assert proc.returncode == 1
     assert "login" in proc.stderr and mailbox.user in proc.stderr
     assert "definitely-wrong-pw" not in proc.stderr + proc.stdout
@@ -328,15 +314,14 @@ def test_failing_password_command_is_a_config_error(mailbox: MailAccount, tmp_pa
         'password_command = "echo s3cret-leak; exit 3"',
     )
     config.write_text(text)
-    proc = run_cli("scan", "--config", str(config), check=False)
+    proc = run_cli("scan", "--config", str(config))
     assert proc.returncode == 2
     assert "password_command" in proc.stderr and "s3cret-leak" not in proc.stderr
 
 
 def test_bad_config_exits_2(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text('[imap]\nhost = "127.0.0.1"\nport = "x"\nusername = "u"\n')
-    proc = run_cli("scan", "--config", str(config), check=False)
+    config = raw_config(tmp_path, '[imap]\nhost = "127.0.0.1"\nport = "x"\nusername = "u"\n')
+    proc = run_cli("scan", "--config", str(config))
     assert proc.returncode == 2
     assert "imap.port" in proc.stderr
 
@@ -344,26 +329,13 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- crash safety
 
 
-def _seed_many(acct: MailAccount, n: int) -> tuple[list[bytes], set[str]]:
-    raws: list[bytes] = []
-    risky_ids: set[str] = set()
-    for i in range(n):
-        if i % 10 == 3:
-            raw, msgid = risky_payment(subject=f"deal {i}", sender=f"c{i}@client.example")
-            risky_ids.add(msgid)
-        else:
-            raw, _ = harmless(i, subject=f"update {i}", sender=f"c{i}@client.example")
-        raws.append(raw)
-    acct.append_many(raws)
-    return raws, risky_ids
-
-
 @pytest.mark.parametrize("kill_after", [40, 330])
 def test_scan_killed_mid_batch_then_rerun_labels_everything_exactly_once(
     mailbox: MailAccount, tmp_path: Path, kill_after: int
 ) -> None:
     n = 600
-    _raws, risky_ids = _seed_many(mailbox, n)
+    raws, risky_ids = mixed(n, lambda i: i % 10 == 3, "deal {}", "update {}")
+    mailbox.append_many(raws)
     config = write_config(tmp_path, mailbox, imap={"batch_size": 25})
     db = tmp_path / "guard.sqlite3"
     proc = subprocess.Popen(
@@ -431,7 +403,7 @@ def test_store_on_postgresql(mailbox: MailAccount, tmp_path: Path, postgres_url:
     assert again.fetched == 0
     flags = mailbox.flags()
     assert sum(1 for f in flags.values() if "$GuardOffPlatformPayment" in f) == 2
-    proc = run_cli("findings", "--config", str(config_path), "--format", "json")
+    proc = run_cli("findings", "--config", str(config_path), "--format", "json", check=True)
     threads = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(threads) == 1
     assert threads[0]["categories"] == ["off_platform_payment"]
@@ -443,41 +415,21 @@ def test_findings_lists_threads_riskiest_first(mailbox: MailAccount, tmp_path: P
         mailbox.save(path.read_bytes())
     config = write_config(tmp_path, mailbox)
     scan_json(config)
-    proc = run_cli("findings", "--config", str(config), "--format", "json")
+    proc = run_cli("findings", "--config", str(config), "--format", "json", check=True)
     threads = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [t["risk"] for t in threads] == ["high", "high", "high", "high"]
     assert all(t["messages"][0]["findings"] for t in threads)
-    text = run_cli("findings", "--config", str(config)).stdout
+    text = run_cli("findings", "--config", str(config), check=True).stdout
     assert "4 thread(s) flagged" in text and "dispute.threat" in text
-    none_since = run_cli("findings", "--config", str(config), "--since", "2099-01-01").stdout
+    none_since = run_cli(
+        "findings", "--config", str(config), "--since", "2099-01-01", check=True
+    ).stdout
     assert "0 thread(s) flagged" in none_since
-    bad = run_cli("findings", "--config", str(config), "--since", "yesterday", check=False)
+    bad = run_cli("findings", "--config", str(config), "--since", "yesterday")
     assert bad.returncode == 2 and "--since" in bad.stderr
 
 
 # --------------------------------------------------------------------------- Gmail
-
-
-def gmail_config(tmp: Path, server: Any, **labels: str) -> Path:
-    pw = tmp / "imap-password"
-    pw.write_text(server.password + "\n")
-    pw.chmod(0o600)
-    lines = [
-        "[imap]",
-        'host = "127.0.0.1"',
-        f"port = {server.port}",
-        'tls = "none"',
-        f'username = "{server.username}"',
-        f'password_file = "{pw}"',
-        "[store]",
-        f'url = "sqlite:///{tmp / "guard.sqlite3"}"',
-    ]
-    if labels:
-        lines.append("[labels]")
-        lines += [f'{k} = "{v}"' for k, v in labels.items()]
-    path = tmp / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_gmail_labels_and_threads_from_x_gm_thrid(gmail: Any, tmp_path: Path) -> None:
@@ -485,7 +437,7 @@ def test_gmail_labels_and_threads_from_x_gm_thrid(gmail: Any, tmp_path: Path) ->
     u1 = gmail.append(first)
     unrelated, _ = harmless(1, subject="Invoice", sender="bob@other.example")
     u_other = gmail.append(unrelated)
-    config = gmail_config(tmp_path, gmail)
+    config = write_config(tmp_path, gmail)
     summary = scan_json(config)
     assert summary["label_mode"] == "gmail"
 
@@ -527,7 +479,7 @@ def test_second_concurrent_scan_is_refused(mailbox: MailAccount, tmp_path: Path)
     fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # what a running scan holds
-        proc = run_cli("scan", "--config", str(config), check=False)
+        proc = run_cli("scan", "--config", str(config))
     finally:
         os.close(fd)
     assert proc.returncode == 1 and "another scan" in proc.stderr

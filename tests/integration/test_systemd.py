@@ -139,22 +139,24 @@ def directives(text: str) -> set[str]:
     }
 
 
+def assert_verifies(tool: str, unit: Path, *scope: str) -> None:
+    """``systemd-analyze [scope] verify unit`` passes and says nothing about the unit."""
+    result = analyze(tool, *scope, "verify", str(unit), runtime_dir=unit.parent)
+    assert lines_about(unit, result) == []
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_system_unit_passes_systemd_analyze_verify(
     systemd_analyze: str, console_script: Path, tmp_path: Path
 ) -> None:
-    unit = runnable_copy(SYSTEM_UNIT, tmp_path, console_script)
-    result = analyze(systemd_analyze, "verify", str(unit), runtime_dir=tmp_path)
-    assert lines_about(unit, result) == []
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_verifies(systemd_analyze, runnable_copy(SYSTEM_UNIT, tmp_path, console_script))
 
 
 def test_user_unit_passes_systemd_analyze_verify_in_user_scope(
     systemd_analyze: str, console_script: Path, tmp_path: Path
 ) -> None:
     unit = runnable_copy(USER_UNIT, tmp_path, console_script)
-    result = analyze(systemd_analyze, "--user", "verify", str(unit), runtime_dir=tmp_path)
-    assert lines_about(unit, result) == []
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_verifies(systemd_analyze, unit, "--user")
 
 
 def test_verify_output_filter_catches_a_misspelled_directive(

@@ -22,13 +22,14 @@ from support.configs import write_config
 from support.mail import harmless, make, risky_payment
 from support.servers import MailAccount
 
+from guard import reports as dg
 from guard import store as st
 from guard.config import Config, load_config
 from guard.mailbox import imap as imap_module
 from guard.policy import load_rules
 from guard.policy.model import UNCHECKED_CATEGORY, UNCHECKED_RULE, unchecked_finding
-from guard.reports import digest as dg
-from guard.service.scan import ScanSettings, ScanSummary, scan
+from guard.service.scan import ScanSettings, scan
+from guard.service.work import ScanSummary
 
 PADDING = "Some ordinary project notes, nothing to worry about here at all.\n"
 
@@ -146,21 +147,7 @@ def test_unchecked_label_in_folders_mode(mailbox: MailAccount, tmp_path: Path) -
 
 
 def test_unchecked_label_on_gmail(gmail: Any, tmp_path: Path) -> None:
-    pw = tmp_path / "imap-password"
-    pw.write_text(gmail.password + "\n")
-    pw.chmod(0o600)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        "[imap]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {gmail.port}\n"
-        'tls = "none"\n'
-        f'username = "{gmail.username}"\n'
-        f'password_file = "{pw}"\n'
-        "max_message_bytes = 2048\n"
-        "[store]\n"
-        f'url = "sqlite:///{tmp_path / "guard.sqlite3"}"\n'
-    )
+    config = write_config(tmp_path, gmail, imap={"max_message_bytes": 2048})
     u_big = gmail.append(big_harmless(6000)[0])
     u_small = gmail.append(harmless(2)[0])
 
@@ -210,13 +197,9 @@ def record_unchecked(store: st.Store, reason: str, *, risk: str = "none") -> int
         return row.id
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'guard.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    store = st.Store(url)
+@pytest.fixture
+def any_store(store_url: str) -> Any:
+    store = st.Store(store_url)
     yield store
     store.close()
 

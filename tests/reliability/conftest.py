@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
+from support.closing import made_by
 from support.proxy import FaultProxy
 from support.servers import CertPair, Dovecot, MailAccount, ServerError
 
@@ -86,16 +87,7 @@ def soak(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def proxy_factory() -> Iterator[Callable[..., FaultProxy]]:
     """``proxy_factory(target_port, seed=...)``: fault proxies, closed after the test."""
-    proxies: list[FaultProxy] = []
-
-    def factory(target_port: int, **options: Any) -> FaultProxy:
-        proxy = FaultProxy(target_port, **options)
-        proxies.append(proxy)
-        return proxy
-
-    yield factory
-    for proxy in proxies:
-        proxy.close()
+    yield from made_by(FaultProxy, FaultProxy.close)
 
 
 # --------------------------------------------------------------------------- OAuth2 Dovecot

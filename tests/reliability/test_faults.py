@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import email.parser
-import json
 import math
 import os
 import random
 import re
-import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -46,17 +43,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import Daemon, run_cli
+from support.configs import smtp_section, write_config
+from support.db import rows
 from support.mail import CONTACT_BODY, HARMLESS_BODIES, PAYMENT_BODY, make
 from support.proxy import CutRule, FaultProxy
 from support.servers import Dovecot, MailAccount, SmtpSink
 
+from guard import reports as dg
 from guard import store as st
 from guard.config import load_config
 from guard.policy import load_rules
-from guard.reports import digest as dg
 from guard.service.scan import ScanError, ScanSettings, scan
 
-CLI = [sys.executable, "-m", "guard"]
 RULES = load_rules()
 DB_NAME = "guard.sqlite3"
 FREELANCER = "freelancer@example.org"
@@ -456,70 +455,29 @@ def _check_order(snap: Snapshot, db: Path) -> list[str]:
     return problems
 
 
-def assert_no_partial_state(corpus: Corpus, acct: MailAccount, db: Path) -> None:
-    """Right after a fault, before any recovery."""
+def _problems(corpus: Corpus, acct: MailAccount, db: Path, final: bool) -> list[str]:
     snap = snapshot(acct)
     problems = (
-        _check_mail(corpus, snap, final=False)
-        + _check_copies(corpus, snap, final=False)
-        + _check_store(corpus, db, final=False)
-        + _check_order(snap, db)
+        _check_mail(corpus, snap, final=final)
+        + _check_copies(corpus, snap, final=final)
+        + _check_store(corpus, db, final=final)
     )
+    return problems if final else problems + _check_order(snap, db)
+
+
+def assert_no_partial_state(corpus: Corpus, acct: MailAccount, db: Path) -> None:
+    """Right after a fault, before any recovery."""
+    problems = _problems(corpus, acct, db, final=False)
     assert not problems, "partial state after the fault:\n  " + "\n  ".join(problems[:20])
 
 
 def assert_intact(corpus: Corpus, acct: MailAccount, db: Path) -> None:
     """After recovery: everything exactly once, exactly the expected labels."""
-    snap = snapshot(acct)
-    problems = (
-        _check_mail(corpus, snap, final=True)
-        + _check_copies(corpus, snap, final=True)
-        + _check_store(corpus, db, final=True)
-    )
+    problems = _problems(corpus, acct, db, final=True)
     assert not problems, "after recovery:\n  " + "\n  ".join(problems[:20])
 
 
 # --------------------------------------------------------------------------- running the guard
-
-
-def write_config(
-    tmp: Path,
-    acct: MailAccount,
-    port: int,
-    *,
-    db: Path | None = None,
-    password: str | None = None,
-    **sections: dict[str, Any],
-) -> Path:
-    """A config for ``acct`` reached on ``port`` (a proxy) without TLS, the store at ``db``
-    (default ``tmp/guard.sqlite3``). Keyword arguments add or override sections."""
-    secret = tmp / "imap-password"
-    secret.write_text((acct.password if password is None else password) + "\n")
-    secret.chmod(0o600)
-    imap: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "tls": "none",
-        "username": acct.user,
-        "password_file": str(secret),
-        "timeout": 5,
-        "batch_size": 25,
-    }
-    imap.update(sections.pop("imap", {}))
-    doc: dict[str, dict[str, Any]] = {
-        "imap": {k: v for k, v in imap.items() if v is not None},
-        "store": {"url": f"sqlite:///{db or tmp / DB_NAME}"},
-        "schedule": {"poll_interval": POLL},
-    }
-    for name, values in sections.items():
-        doc.setdefault(name, {}).update(values)
-    lines: list[str] = []
-    for name, values in doc.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    path = tmp / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def scan_once(config: Path) -> str | None:
@@ -536,10 +494,6 @@ def scan_once(config: Path) -> str | None:
     return None
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
-
-
 def assert_one_clear_line(stderr: str, *expected: str) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert "Traceback" not in stderr, f"a traceback instead of an error line:\n{stderr[-3000:]}"
@@ -547,89 +501,6 @@ def assert_one_clear_line(stderr: str, *expected: str) -> None:
     assert len(lines[0]) < 300, lines[0]
     for text in expected:
         assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-
-
-class Daemon:
-    """``inbox-guard run`` as a subprocess, its log collected line by line."""
-
-    def __init__(self, config: Path) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [*CLI, "run", "--config", str(config)],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the daemon exited ({self.proc.returncode}) before {what}; log:\n{self.log}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"no {what} within {timeout:g} s; log:\n" + "\n".join(self.lines[-40:])
-                )
-            time.sleep(0.05)
-
-    def wait_log(self, text: str, timeout: float, after: int = 0) -> int:
-        """Index of the first log line from ``after`` on that contains ``text``."""
-        found: list[int] = []
-
-        def seen() -> bool:
-            for i in range(after, len(self.lines)):
-                if text in self.lines[i]:
-                    found.append(i)
-                    return True
-            return False
-
-        self.wait_for(seen, timeout, repr(text) + " in the log")
-        return found[0]
-
-    def count(self, text: str) -> int:
-        return sum(1 for line in list(self.lines) if text in line)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self._reader.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-        self._reader.join(timeout=5)
-
-
-@pytest.fixture
-def daemons() -> Iterator[Callable[[Path], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(config: Path) -> Daemon:
-        daemon = Daemon(config)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
 
 
 def settled(corpus: Corpus, db: Path) -> Callable[[], bool]:
@@ -652,6 +523,104 @@ def assert_clean_log(daemon: Daemon, *secrets: str) -> None:
         assert len(line) < 400, f"a log line of {len(line)} characters: {line[:200]}..."
     for secret in secrets:
         assert secret not in log
+
+
+# --------------------------------------------------------------------------- the setup
+
+SMALL = {"risky_each": 1, "quiet": 1, "singles": 12}  # about 20 messages
+PLAIN_IMAP = {"tls": "none", "ca_file": None, "timeout": 5, "batch_size": 25}
+
+
+@dataclass
+class Scenario:
+    """Where a fault scenario starts: the mailbox as seeded, the scenario's own random
+    choices, the fault proxy the guard talks through and the config that says so."""
+
+    acct: MailAccount
+    tmp: Path
+    corpus: Corpus
+    rng: random.Random
+    proxy: FaultProxy | None
+    db: Path  # the SQLite store the config names (unless a ``store`` table says otherwise)
+    smtp: SmtpSink | None = None
+    config: Path = field(default_factory=Path)
+
+    def configure(
+        self,
+        *,
+        password: str | None = None,
+        imap: dict[str, Any] | None = None,
+        schedule: dict[str, Any] | None = None,
+        **tables: Any,
+    ) -> Path:
+        """(Re)write :attr:`config`: IMAP through the proxy (unless it stands in front of
+        the SMTP sink), polls every ``POLL`` s, 5 s timeouts, batches of 25; ``imap``,
+        ``schedule`` and further tables merge into that (``support.configs.write_config``)."""
+        imap_port = self.acct.port
+        if self.proxy is not None and self.smtp is None:
+            imap_port = self.proxy.port
+        if self.smtp is not None:
+            via = self.proxy.port if self.proxy else self.smtp.port
+            tables["smtp"] = smtp_section(  # no TLS on loopback: the proxy sees every command
+                self.tmp, self.smtp, port=via, tls="none", ca_file=None, timeout=SMTP_TIMEOUT
+            )
+            tables["digest"] = DIGEST
+        self.config = write_config(
+            self.tmp,
+            self.acct,
+            f"sqlite:///{self.db}",
+            password=password,
+            imap={**PLAIN_IMAP, "port": imap_port, **(imap or {})},
+            schedule={"poll_interval": POLL, **(schedule or {})},
+            **tables,
+        )
+        return self.config
+
+
+@pytest.fixture
+def scenario(
+    mailbox: MailAccount, tmp_path: Path, proxy_factory: Callable[..., FaultProxy]
+) -> Callable[..., Scenario]:
+    """``scenario(name, seed, ...)``: the seeded setup every fault scenario starts from.
+
+    ``mail``: the mailbox uploaded first, ``"full"`` (about 220 messages), ``"small"``
+    (about 20) or ``"none"``. ``proxy``: a fault proxy (seeded) in front of Dovecot, or of
+    the sink given as ``smtp``; False: none. ``rng``: ``Random(f"{name}-{seed}")``.
+    ``acct`` / ``tmp`` / ``db``: another account, directory or store file than the test's;
+    ``create_store``: the (empty) store exists before the scenario begins.
+    Other keywords go to :meth:`Scenario.configure`, which writes the config.
+    """
+
+    def setup(
+        name: str,
+        seed: int = 0,
+        *,
+        mail: str = "full",
+        proxy: bool = True,
+        smtp: SmtpSink | None = None,
+        acct: MailAccount | None = None,
+        tmp: Path | None = None,
+        db: Path | None = None,
+        create_store: bool = False,
+        **config: Any,
+    ) -> Scenario:
+        acct = acct or mailbox
+        tmp = tmp or tmp_path
+        sizes = {"full": {}, "small": SMALL, "none": None}[mail]
+        if sizes is None:
+            corpus = Corpus(random.Random(f"corpus-{seed}"), f"s{seed}")
+        else:
+            corpus = seeded_mailbox(acct, seed, **sizes)
+        target = smtp.port if smtp else acct.port
+        fault_proxy = proxy_factory(target, seed=seed) if proxy else None
+        rng = random.Random(f"{name}-{seed}")
+        s = Scenario(acct, tmp, corpus, rng, fault_proxy, db or tmp / DB_NAME, smtp)
+        s.configure(**config)
+        if create_store:
+            st.Store(f"sqlite:///{s.db}").close()
+        return s
+
+    return setup
 
 
 # --------------------------------------------------------------------------- the proxy itself
@@ -696,19 +665,12 @@ def test_proxy_cuts_after_exactly_the_requested_reply_bytes(
 
 
 def _cut_then_rescan(
-    seed: int,
-    acct: MailAccount,
-    tmp: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    choose: Callable[[random.Random], tuple[bytes, int, int | None]],
+    s: Scenario, choose: Callable[[random.Random], tuple[bytes, int, int | None]]
 ) -> None:
     """Cut the scan's connection at seeded commands (one to three times, each on its own
     run), check there is no partial state after each, then scan cleanly and check all."""
-    corpus = seeded_mailbox(acct, seed)
-    rng = random.Random(f"cuts-{seed}")
-    proxy = proxy_factory(acct.port, seed=seed)
-    config = write_config(tmp, acct, proxy.port)
-    db = tmp / DB_NAME
+    corpus, rng, proxy, config, db, acct = s.corpus, s.rng, s.proxy, s.config, s.db, s.acct
+    assert proxy is not None
     faults = rng.choice([1, 1, 2, 3])
     for attempt in range(faults):
         pattern, nth, reply_bytes = choose(rng)
@@ -729,20 +691,18 @@ def _cut_then_rescan(
 
 
 @pytest.mark.seeds(fast=3, soak=25)
-def test_connection_cut_mid_fetch_batch(
-    seed: int, mailbox: MailAccount, tmp_path: Path, proxy_factory: Callable[..., FaultProxy]
-) -> None:
+def test_connection_cut_mid_fetch_batch(seed: int, scenario: Callable[..., Scenario]) -> None:
     def choose(rng: random.Random) -> tuple[bytes, int, int | None]:
         # 25 per batch: a metadata FETCH, then the bodies (~17 KB); the cut lands in either.
         reply = rng.choice([None, 0, rng.randint(1, 400), rng.randint(400, 20_000)])
         return b"UID FETCH", rng.randint(1, 16), reply
 
-    _cut_then_rescan(seed, mailbox, tmp_path, proxy_factory, choose)
+    _cut_then_rescan(scenario("cuts", seed), choose)
 
 
 @pytest.mark.seeds(fast=3, soak=25)
 def test_connection_cut_mid_label_store_or_copy(
-    seed: int, mailbox: MailAccount, tmp_path: Path, proxy_factory: Callable[..., FaultProxy]
+    seed: int, scenario: Callable[..., Scenario]
 ) -> None:
     def choose(rng: random.Random) -> tuple[bytes, int, int | None]:
         # None: the command never reaches the server; 0: it may or may not run; 1..30: it
@@ -751,7 +711,7 @@ def test_connection_cut_mid_label_store_or_copy(
         nth = 1 if pattern == b"CREATE" else rng.randint(1, 4)
         return pattern, nth, rng.choice([None, 0, 1, rng.randint(2, 30)])
 
-    _cut_then_rescan(seed, mailbox, tmp_path, proxy_factory, choose)
+    _cut_then_rescan(scenario("cuts", seed), choose)
 
 
 # --------------------------------------------------------------------------- 5: UIDVALIDITY
@@ -797,13 +757,10 @@ def _more_mail(corpus: Corpus, rng: random.Random) -> list[Mail]:
 
 @pytest.mark.seeds(fast=3, soak=20)
 def test_uidvalidity_changed_between_scans(
-    seed: int, mailbox: MailAccount, tmp_path: Path, proxy_factory: Callable[..., FaultProxy]
+    seed: int, mailbox: MailAccount, scenario: Callable[..., Scenario]
 ) -> None:
-    corpus = seeded_mailbox(mailbox, seed)
-    rng = random.Random(f"uidvalidity-{seed}")
-    proxy = proxy_factory(mailbox.port, seed=seed)
-    config = write_config(tmp_path, mailbox, proxy.port)
-    db = tmp_path / DB_NAME
+    s = scenario("uidvalidity", seed)
+    corpus, rng, proxy, config, db = s.corpus, s.rng, s.proxy, s.config, s.db
     if rng.random() < 0.5:  # the first scan is itself cut short
         proxy.cut_on(b"UID FETCH", nth=rng.randint(1, 16), reply_bytes=rng.randint(0, 20_000))
         scan_once(config)
@@ -858,17 +815,11 @@ def _reached(
 
 @pytest.mark.seeds(fast=3, soak=20)
 def test_daemon_sigkilled_mid_scan_then_restarted(
-    seed: int,
-    mailbox: MailAccount,
-    tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    seed: int, scenario: Callable[..., Scenario], daemons: Callable[..., Daemon]
 ) -> None:
-    corpus = seeded_mailbox(mailbox, seed)
-    rng = random.Random(f"kill-{seed}")
-    proxy = proxy_factory(mailbox.port, seed=seed)
-    config = write_config(tmp_path, mailbox, proxy.port)
-    db = tmp_path / DB_NAME
+    s = scenario("kill", seed)
+    corpus, rng, proxy, config, db, mailbox = s.corpus, s.rng, s.proxy, s.config, s.db, s.acct
+    assert proxy is not None
     done = settled(corpus, db)
     for _ in range(rng.choice([1, 1, 2])):
         where = rng.choice(["UID FETCH", "UID STORE", "UID COPY", "SEARCH", "rows"])
@@ -898,19 +849,14 @@ def test_dovecot_restarted_while_the_daemon_runs(
     seed: int,
     dovecot: Dovecot,
     mailbox: MailAccount,
-    tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario],
+    daemons: Callable[..., Daemon],
 ) -> None:
-    corpus = seeded_mailbox(mailbox, seed)
-    rng = random.Random(f"restart-{seed}")
-    proxy = proxy_factory(mailbox.port, seed=seed)
+    s = scenario("restart", seed)
+    corpus, rng, proxy, db = s.corpus, s.rng, s.proxy, s.db
+    assert proxy is not None
     idle = rng.random() < 0.5
-    config = write_config(
-        tmp_path, mailbox, proxy.port, imap={"timeout": 2}, schedule={"idle": idle}
-    )
-    db = tmp_path / DB_NAME
-    daemon = daemons(config)
+    daemon = daemons(s.configure(imap={"timeout": 2}, schedule={"idle": idle}))
     pattern = rng.choice([b"UID FETCH", b"UID STORE", b"UID COPY"])
     nth = rng.randint(1, 4)
     rule = proxy.stall_on(pattern, nth=nth, reply_bytes=rng.choice([0, 1]))
@@ -944,29 +890,27 @@ retry (5 s, capped at the 2 s poll), so a login failure treated like a network o
 show a second attempt."""
 
 
-def _small_mailbox(acct: MailAccount, seed: int) -> Corpus:
-    return seeded_mailbox(acct, seed, risky_each=1, quiet=1, singles=12)
-
-
 def test_wrong_password_and_expired_oauth2_token_are_retried_slowly(
     mailbox: MailAccount,
     oauth_mailbox: MailAccount,
     introspection: Any,
     tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario],
+    daemons: Callable[..., Daemon],
 ) -> None:
     # The OAuth2 setup is real: a valid token logs in, so the refusal below is the token's.
     valid = f"valid-token-{os.getpid()}"
     introspection.valid[valid] = oauth_mailbox.user
     good = tmp_path / "good"
     good.mkdir()
-    config = write_config(
-        good,
-        oauth_mailbox,
-        oauth_mailbox.port,
-        imap={"password_file": None, "oauth2_token_command": f"echo {valid}"},
-    )
+    config = scenario(
+        "login",
+        mail="none",
+        proxy=False,
+        acct=oauth_mailbox,
+        tmp=good,
+        imap={"oauth2_token_command": f"echo {valid}"},
+    ).config
     proc = run_cli("scan", "--config", str(config))
     assert proc.returncode == 0, proc.stderr
 
@@ -975,19 +919,18 @@ def test_wrong_password_and_expired_oauth2_token_are_retried_slowly(
     by_password, by_token = tmp_path / "password", tmp_path / "token"
     by_password.mkdir()
     by_token.mkdir()
-    password_proxy = proxy_factory(mailbox.port)
-    token_proxy = proxy_factory(oauth_mailbox.port)
-    password_daemon = daemons(
-        write_config(by_password, mailbox, password_proxy.port, password=wrong_password)
+    by_password_s = scenario("login", mail="none", tmp=by_password, password=wrong_password)
+    by_token_s = scenario(
+        "login",
+        mail="none",
+        acct=oauth_mailbox,
+        tmp=by_token,
+        imap={"oauth2_token_command": f"echo {expired_token}"},
     )
-    token_daemon = daemons(
-        write_config(
-            by_token,
-            oauth_mailbox,
-            token_proxy.port,
-            imap={"password_file": None, "oauth2_token_command": f"echo {expired_token}"},
-        )
-    )
+    password_proxy, token_proxy = by_password_s.proxy, by_token_s.proxy
+    assert password_proxy is not None and token_proxy is not None
+    password_daemon = daemons(by_password_s.config)
+    token_daemon = daemons(by_token_s.config)
     for daemon in (password_daemon, token_daemon):
         daemon.wait_log("scan failed (login)", 30)
     time.sleep(LOGIN_WINDOW)  # watching for a second attempt: there must be none
@@ -1010,17 +953,12 @@ def test_wrong_password_and_expired_oauth2_token_are_retried_slowly(
 
 @pytest.mark.soak
 def test_wrong_password_with_idle_is_retried_slowly_too(
-    mailbox: MailAccount,
-    tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario], daemons: Callable[..., Daemon]
 ) -> None:
-    proxy = proxy_factory(mailbox.port)
-    daemon = daemons(
-        write_config(
-            tmp_path, mailbox, proxy.port, password="wrong-password", schedule={"idle": True}
-        )
-    )
+    s = scenario("login", mail="none", password="wrong-password", schedule={"idle": True})
+    proxy = s.proxy
+    assert proxy is not None
+    daemon = daemons(s.config)
     daemon.wait_log("scan failed (login)", 30)
     daemon.wait_log("IDLE connection failed", 30)
     time.sleep(LOGIN_WINDOW)
@@ -1038,18 +976,18 @@ IDLE_TIMEOUT = 1  # imap.timeout for these daemons: every round trip is bounded 
 
 
 def _idle_daemon(
-    acct: MailAccount,
-    tmp: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario],
+    daemons: Callable[..., Daemon],
+    seed: int,
     idle_renew: int | None = None,
-) -> tuple[FaultProxy, Daemon]:
-    proxy = proxy_factory(acct.port)
+) -> tuple[Scenario, FaultProxy, Daemon]:
+    """A small mailbox (seeded) and a daemon that scans only when IDLE says so."""
     schedule: dict[str, Any] = {"idle": True, "poll_interval": 3600}  # only IDLE scans
     if idle_renew is not None:
         schedule["idle_renew"] = idle_renew
-    config = write_config(tmp, acct, proxy.port, imap={"timeout": IDLE_TIMEOUT}, schedule=schedule)
-    return proxy, daemons(config)
+    s = scenario("idle", seed, mail="small", imap={"timeout": IDLE_TIMEOUT}, schedule=schedule)
+    assert s.proxy is not None
+    return s, s.proxy, daemons(s.config)
 
 
 def _labelled(acct: MailAccount, uid: int) -> Callable[[], bool]:
@@ -1064,10 +1002,8 @@ def _idle_settled(proxy: FaultProxy, daemon: Daemon) -> None:
 
 
 def _idle_drop(
-    acct: MailAccount,
-    tmp: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario],
+    daemons: Callable[..., Daemon],
     how: str,
     notice_within: float,
     idle_renew: int | None = None,
@@ -1075,8 +1011,8 @@ def _idle_drop(
     """Drop the IDLE connection (``cut``: closed; ``stall``: silent, no FIN) and expect the
     daemon to notice within ``notice_within`` seconds, reconnect, and label mail that
     arrives afterwards through the new IDLE connection."""
-    _small_mailbox(acct, 0)
-    proxy, daemon = _idle_daemon(acct, tmp, proxy_factory, daemons, idle_renew)
+    s, proxy, daemon = _idle_daemon(scenario, daemons, 0, idle_renew)
+    acct = s.acct
     _idle_settled(proxy, daemon)
     dropped = proxy.cut() if how == "cut" else proxy.stall()
     assert dropped == 1
@@ -1090,52 +1026,38 @@ def _idle_drop(
 
 
 def test_silently_dropped_idle_connection_is_noticed_at_its_renewal(
-    mailbox: MailAccount,
-    tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario], daemons: Callable[..., Daemon]
 ) -> None:
     # schedule.idle_renew bounds it: the renewal's round trip fails within imap.timeout.
     renew = 2
     bound = renew + 3 * IDLE_TIMEOUT + 2
-    _idle_drop(mailbox, tmp_path, proxy_factory, daemons, "stall", bound, idle_renew=renew)
+    _idle_drop(scenario, daemons, "stall", bound, idle_renew=renew)
 
 
 def test_idle_connection_closed_by_the_network_is_replaced_at_once(
-    mailbox: MailAccount,
-    tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario], daemons: Callable[..., Daemon]
 ) -> None:
     # The renewal is a minute away: only noticing the close itself can pass this.
-    _idle_drop(mailbox, tmp_path, proxy_factory, daemons, "cut", 3, idle_renew=60)
+    _idle_drop(scenario, daemons, "cut", 3, idle_renew=60)
 
 
 @pytest.mark.soak
 @pytest.mark.parametrize("how", ["stall", "cut"])
 def test_dropped_idle_connection_is_replaced_at_the_default_renewal(
-    how: str,
-    mailbox: MailAccount,
-    tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    how: str, scenario: Callable[..., Scenario], daemons: Callable[..., Daemon]
 ) -> None:
     from guard.config import ScheduleSettings
 
     default_renew = ScheduleSettings().idle_renew
     bound = default_renew + 3 * IDLE_TIMEOUT + 30
-    _idle_drop(mailbox, tmp_path, proxy_factory, daemons, how, notice_within=bound)
+    _idle_drop(scenario, daemons, how, notice_within=bound)
 
 
 @pytest.mark.soak
 def test_mail_arriving_while_idle_reconnects_is_scanned_at_once(
-    mailbox: MailAccount,
-    tmp_path: Path,
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    mailbox: MailAccount, scenario: Callable[..., Scenario], daemons: Callable[..., Daemon]
 ) -> None:
-    _small_mailbox(mailbox, 1)
-    proxy, daemon = _idle_daemon(mailbox, tmp_path, proxy_factory, daemons, idle_renew=2)
+    _s, proxy, daemon = _idle_daemon(scenario, daemons, 1, idle_renew=2)
     _idle_settled(proxy, daemon)
     assert proxy.stall() == 1  # noticed at the renewal, then retried after 5 s
     mark = daemon.wait_log("IDLE connection failed", 30)
@@ -1152,29 +1074,12 @@ SMTP_TIMEOUT = 2
 SMTP_FAULTS = ["down", "refused", "hangs", "cut"]
 
 
-def _digest_config(tmp: Path, acct: MailAccount, smtp_port: int, sink: SmtpSink) -> Path:
-    secret = tmp / "smtp-password"
-    secret.write_text(sink.password + "\n")
-    secret.chmod(0o600)
-    return write_config(
-        tmp,
-        acct,
-        acct.port,
-        smtp={
-            "host": "127.0.0.1",
-            "port": smtp_port,
-            "tls": "none",  # loopback; the proxy sees every command
-            "username": sink.username,
-            "password_file": str(secret),
-            "timeout": SMTP_TIMEOUT,
-        },
-        digest={
-            "to": "alex@personal.example",
-            "from": "guard@work.example",
-            "time": "00:00",
-            "timezone": "UTC",
-        },
-    )
+DIGEST = {
+    "to": "alex@personal.example",
+    "from": "guard@work.example",
+    "time": "00:00",
+    "timezone": "UTC",
+}
 
 
 def _digest_rows(db: Path) -> list[tuple[str, int, str | None, str]]:
@@ -1189,17 +1094,13 @@ def _digest_rows(db: Path) -> list[tuple[str, int, str | None, str]]:
 @pytest.mark.seeds(fast=4, soak=24)
 def test_digest_stays_pending_through_smtp_faults_then_is_sent_once(
     seed: int,
-    mailbox: MailAccount,
-    tmp_path: Path,
     smtp_sink_factory: Callable[..., SmtpSink],
-    proxy_factory: Callable[..., FaultProxy],
+    scenario: Callable[..., Scenario],
 ) -> None:
-    rng = random.Random(f"smtp-{seed}")
-    _small_mailbox(mailbox, seed)
     sink = smtp_sink_factory(auth=True)  # AUTH without STARTTLS: plain SMTP on loopback
-    proxy = proxy_factory(sink.port, seed=seed)
-    config_path = _digest_config(tmp_path, mailbox, proxy.port, sink)
-    db = tmp_path / DB_NAME
+    s = scenario("smtp", seed, mail="small", smtp=sink)
+    rng, proxy, config_path, db = s.rng, s.proxy, s.config, s.db
+    assert proxy is not None
     assert scan_once(config_path) is None
     fault = SMTP_FAULTS[seed % len(SMTP_FAULTS)]  # every fault within the first four seeds
     # Anywhere before the end of the data; the end itself is dropped unsent, so the server
@@ -1253,15 +1154,11 @@ def test_digest_stays_pending_through_smtp_faults_then_is_sent_once(
 
 
 def test_smtp_server_that_never_answers_is_reported_as_not_answering(
-    mailbox: MailAccount,
-    tmp_path: Path,
-    smtp_sink_factory: Callable[..., SmtpSink],
-    proxy_factory: Callable[..., FaultProxy],
+    smtp_sink_factory: Callable[..., SmtpSink], scenario: Callable[..., Scenario]
 ) -> None:
-    _small_mailbox(mailbox, 5)
-    sink = smtp_sink_factory(auth=True)
-    proxy = proxy_factory(sink.port)
-    config_path = _digest_config(tmp_path, mailbox, proxy.port, sink)
+    s = scenario("smtp", 5, mail="small", smtp=smtp_sink_factory(auth=True))
+    proxy, config_path = s.proxy, s.config
+    assert proxy is not None
     assert scan_once(config_path) is None
     proxy.stall_new()
     config = load_config(config_path)
@@ -1278,16 +1175,16 @@ def test_smtp_server_that_never_answers_is_reported_as_not_answering(
 @pytest.mark.soak
 def test_daemon_keeps_scanning_while_smtp_hangs_and_sends_the_digest_once_back(
     mailbox: MailAccount,
-    tmp_path: Path,
     smtp_sink_factory: Callable[..., SmtpSink],
-    proxy_factory: Callable[..., FaultProxy],
-    daemons: Callable[[Path], Daemon],
+    scenario: Callable[..., Scenario],
+    daemons: Callable[..., Daemon],
 ) -> None:
-    _small_mailbox(mailbox, 7)
     sink = smtp_sink_factory(auth=True)
-    proxy = proxy_factory(sink.port)
+    s = scenario("smtp", 7, mail="small", smtp=sink)
+    proxy = s.proxy
+    assert proxy is not None
     proxy.stall_new()
-    daemon = daemons(_digest_config(tmp_path, mailbox, proxy.port, sink))
+    daemon = daemons(s.config)
     mark = daemon.wait_log("not sent", 60)  # the missed digest, caught up after the first scan
     uid = mailbox.save(make(body=PAYMENT_BODY, subject="while SMTP hangs")[0])
     daemon.wait_for(_labelled(mailbox, uid), 60, "new mail labelled while SMTP hangs")
@@ -1297,7 +1194,7 @@ def test_daemon_keeps_scanning_while_smtp_hangs_and_sends_the_digest_once_back(
     daemon.wait_for(lambda: daemon.count("scan:") >= scans + 2, 30, "two more polls")
     assert daemon.stop() == 0
     assert len(sink.messages) == 1, daemon.lines[sent:]
-    rows = _digest_rows(tmp_path / DB_NAME)
+    rows = _digest_rows(s.db)
     assert [status for status, *_rest in rows] == ["sent"]
     assert_clean_log(daemon, sink.password)
 
@@ -1319,12 +1216,10 @@ def exclusive_lock(db: Path) -> Iterator[sqlite3.Connection]:
 
 @pytest.mark.parametrize("cause", ["disk full", pytest.param("locked", marks=pytest.mark.soak)])
 def test_store_unwritable_at_scan_start_is_one_clear_line_and_changes_nothing(
-    cause: str, mailbox: MailAccount, tmp_path: Path, small_disk: Path
+    cause: str, mailbox: MailAccount, small_disk: Path, scenario: Callable[..., Scenario]
 ) -> None:
-    corpus = seeded_mailbox(mailbox, 3)
-    db = small_disk / DB_NAME
-    config = write_config(tmp_path, mailbox, mailbox.port, db=db)
-    st.Store(f"sqlite:///{db}").close()  # the store exists; only writing to it fails
+    s = scenario("unwritable", 3, proxy=False, db=small_disk / DB_NAME, create_store=True)
+    corpus, config, db = s.corpus, s.config, s.db
     before = snapshot(mailbox)
     with contextlib.ExitStack() as stack:
         if cause == "locked":
@@ -1343,13 +1238,10 @@ def test_store_unwritable_at_scan_start_is_one_clear_line_and_changes_nothing(
 
 @pytest.mark.seeds(fast=2, soak=10)
 def test_store_locked_for_a_while_mid_scan_is_waited_for(
-    seed: int, mailbox: MailAccount, tmp_path: Path
+    seed: int, mailbox: MailAccount, scenario: Callable[..., Scenario]
 ) -> None:
-    rng = random.Random(f"lock-{seed}")
-    corpus = seeded_mailbox(mailbox, seed)
-    db = tmp_path / DB_NAME
-    config = write_config(tmp_path, mailbox, mailbox.port, db=db)
-    st.Store(f"sqlite:///{db}").close()
+    s = scenario("lock", seed, proxy=False, create_store=True)
+    corpus, rng, config, db = s.corpus, s.rng, s.config, s.db
     at, hold = rng.randint(1, len(corpus.mails) - 30), rng.uniform(0.2, 2.0)
     held = threading.Event()
 
@@ -1373,13 +1265,10 @@ def test_store_locked_for_a_while_mid_scan_is_waited_for(
 @pytest.mark.soak
 @pytest.mark.seeds(fast=1, soak=4)
 def test_store_locked_past_the_busy_timeout_mid_scan(
-    seed: int, mailbox: MailAccount, tmp_path: Path
+    seed: int, mailbox: MailAccount, scenario: Callable[..., Scenario]
 ) -> None:
-    rng = random.Random(f"longlock-{seed}")
-    corpus = seeded_mailbox(mailbox, seed)
-    db = tmp_path / DB_NAME
-    config = write_config(tmp_path, mailbox, mailbox.port, db=db)
-    st.Store(f"sqlite:///{db}").close()
+    s = scenario("longlock", seed, proxy=False, create_store=True)
+    corpus, rng, config, db = s.corpus, s.rng, s.config, s.db
     at = rng.randint(1, len(corpus.mails) - 30)
     release = threading.Event()
     held = threading.Event()
@@ -1441,13 +1330,10 @@ def fill_disk(disk: Path, leave: int) -> Iterator[None]:
 
 @pytest.mark.seeds(fast=3, soak=20)
 def test_disk_full_mid_scan_then_space_returns(
-    seed: int, mailbox: MailAccount, tmp_path: Path, small_disk: Path
+    seed: int, mailbox: MailAccount, small_disk: Path, scenario: Callable[..., Scenario]
 ) -> None:
-    rng = random.Random(f"disk-{seed}")
-    corpus = seeded_mailbox(mailbox, seed)
-    db = small_disk / DB_NAME
-    config = write_config(tmp_path, mailbox, mailbox.port, db=db)
-    st.Store(f"sqlite:///{db}").close()
+    s = scenario("disk", seed, proxy=False, db=small_disk / DB_NAME, create_store=True)
+    corpus, rng, config, db = s.corpus, s.rng, s.config, s.db
     # From too little to open the store to enough for most of the scan, log-uniform.
     leave = int(10 ** rng.uniform(math.log10(16e3), 6))
     with fill_disk(small_disk, leave):
@@ -1508,32 +1394,24 @@ def _poison_raws(number: int) -> list[tuple[str, bytes]]:
 def _store_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url)
     try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql))]
+        return rows(url, sql)
     except sa.exc.SQLAlchemyError:  # no tables yet, or locked for a moment
         return []
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.seeds(fast=1, soak=4)
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_poison_message_in_the_middle_of_a_batch(
-    seed: int,
-    backend: str,
-    mailbox: MailAccount,
-    tmp_path: Path,
-    daemons: Callable[[Path], Daemon],
-    request: pytest.FixtureRequest,
+    seed: int, store_url: str, scenario: Callable[..., Scenario], daemons: Callable[..., Daemon]
 ) -> None:
     """A few messages whose values the database refuses as they are (a NUL, a display
     name over 998 characters, control characters, lone surrogates), among ordinary mail in
     the daemon's batches: every message is recorded, the ones after the poison are judged
     and labelled, the daemon keeps working (new mail, more poison) and logs no crash,
     traceback or mail text."""
-    rng = random.Random(f"poison-{seed}")
+    url = store_url
+    s = scenario("poison", seed, mail="none", proxy=False, store={"url": url})
+    rng, config, mailbox = s.rng, s.config, s.acct
     corpus = build_corpus(rng, f"p{seed}", risky_each=1, quiet=2, singles=30)
     inbox = corpus.in_folder("INBOX")
     poisons = _poison_raws(1)
@@ -1544,12 +1422,6 @@ def test_poison_message_in_the_middle_of_a_batch(
         mail = Mail("INBOX", msgid, raw, frozenset(), thread.number)
         corpus.mails.insert(corpus.mails.index(inbox[at]), mail)
     corpus.upload(mailbox)
-    url = (
-        str(request.getfixturevalue("postgres_url"))
-        if backend == "postgresql"
-        else f"sqlite:///{tmp_path / DB_NAME}"
-    )
-    config = write_config(tmp_path, mailbox, mailbox.port, store={"url": url})
 
     def recorded() -> int:
         rows = _store_rows(

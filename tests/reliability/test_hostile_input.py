@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from support.mail import CONTACT_BODY, PAYMENT_BODY, make
 
-from guard.mail.message import MAX_PARTS, MAX_TEXT_CHARS, parse_message
+from guard.mail import MAX_PARTS, MAX_TEXT_CHARS, parse_message
 from guard.policy import LEVELS, load_rules
 from guard.policy.model import UNCHECKED_RULE
 
@@ -201,7 +201,7 @@ _BUILD = textwrap.dedent(
 _MEASURE = textwrap.dedent(
     """
     import json, resource, sys, time
-    from guard.mail.message import parse_message
+    from guard.mail import parse_message
     from guard.policy import evaluate, load_rules
     rules = load_rules()
     evaluate(rules, parse_message(b"Subject: warm\\r\\n\\r\\nhello"))  # compiled automata

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -56,3 +57,22 @@ def harmless(i: int = 0, **kw: object) -> tuple[bytes, str]:
 
 def risky_payment(**kw: object) -> tuple[bytes, str]:
     return make(body=PAYMENT_BODY, **kw)  # type: ignore[arg-type]
+
+
+def mixed(
+    n: int, risky: Callable[[int], bool], risky_subject: str, subject: str
+) -> tuple[list[bytes], set[str]]:
+    """``n`` messages from ``c{i}@client.example``: a payment request where ``risky(i)``
+    (subject ``risky_subject.format(i)``), else harmless (``subject.format(i)``). Returns
+    the messages in order and the Message-IDs of the risky ones."""
+    raws: list[bytes] = []
+    risky_ids: set[str] = set()
+    for i in range(n):
+        sender = f"c{i}@client.example"
+        if risky(i):
+            raw, msgid = risky_payment(subject=risky_subject.format(i), sender=sender)
+            risky_ids.add(msgid)
+        else:
+            raw, msgid = harmless(i, subject=subject.format(i), sender=sender)
+        raws.append(raw)
+    return raws, risky_ids

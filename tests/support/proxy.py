@@ -43,8 +43,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
+
+from support.closing import Closing
 
 __all__ = ["CutRule", "FaultProxy"]
 
@@ -102,7 +103,7 @@ class _Pipe:
         return [s for s in (self.client, self.server) if s is not None]
 
 
-class FaultProxy:
+class FaultProxy(Closing):
     """A loopback TCP proxy to ``target_host:target_port`` with faults on command.
 
     Use as a context manager or call :meth:`close`. ``reset``: cut with a TCP RST instead
@@ -240,17 +241,6 @@ class FaultProxy:
         self.cut()
         self._acceptor.join(timeout=5)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return (
             f"<FaultProxy :{self.port} -> {self.target[0]}:{self.target[1]} "
@@ -322,15 +312,19 @@ class FaultProxy:
                 target=self._relay_down, args=(pipe,), name=f"proxy-down-{number}", daemon=True
             ).start()
 
+    def _receive(self, pipe: _Pipe, sock: socket.socket) -> bytes | None:
+        """The next chunk ``sock`` sends; None once it is closed (the pipe closed too)."""
+        try:
+            data = sock.recv(_CHUNK)
+        except OSError:
+            data = b""
+        if not data:
+            self._close(pipe, abort=False)
+            return None
+        return data
+
     def _relay_up(self, pipe: _Pipe) -> None:
-        while True:
-            try:
-                data = pipe.client.recv(_CHUNK)
-            except OSError:
-                data = b""
-            if not data:
-                self._close(pipe, abort=False)
-                return
+        while (data := self._receive(pipe, pipe.client)) is not None:
             with self._lock:
                 if pipe.closed:
                     return
@@ -359,14 +353,7 @@ class FaultProxy:
 
     def _relay_down(self, pipe: _Pipe) -> None:
         assert pipe.server is not None
-        while True:
-            try:
-                data = pipe.server.recv(_CHUNK)
-            except OSError:
-                data = b""
-            if not data:
-                self._close(pipe, abort=False)
-                return
+        while (data := self._receive(pipe, pipe.server)) is not None:
             with self._lock:
                 if pipe.closed:
                     return

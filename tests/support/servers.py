@@ -42,10 +42,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Generic, TypeVar
 
 from imapclient import IMAPClient
+
+from support.closing import Closing
 
 __all__ = [
     "INSTALL_HINT",
@@ -208,7 +209,7 @@ def _wait_for_greeting(
         time.sleep(0.02)
 
 
-class _Managed:
+class _Managed(Closing):
     """Closes every live server at interpreter exit."""
 
     _live: ClassVar[set[_Managed]] = set()
@@ -222,24 +223,10 @@ class _Managed:
         with _Managed._lock:
             _Managed._live.discard(self)
 
-    def close(self) -> None:
-        raise NotImplementedError
-
     def __repr__(self) -> str:
         state = "running" if getattr(self, "running", False) else "stopped"
         where = f"{getattr(self, 'host', LOOPBACK)}:{getattr(self, 'port', '?')}"
         return f"<{type(self).__name__} {where} {state}>"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @atexit.register
@@ -249,6 +236,61 @@ def _close_all() -> None:
     for server in live:
         with contextlib.suppress(Exception):
             server.close()
+
+
+class _Process(_Managed):
+    """A server run as a child process with a temporary directory of its own (``dir``,
+    its log at ``log``): what Dovecot, Hoodiecrow and PostgreSQL have in common."""
+
+    _proc: subprocess.Popen[bytes] | None
+    _started_once: bool
+    dir: Path
+    log: Path
+    timeout: float
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _start_on_free_ports(self, timeout: float | None) -> None:
+        """Start unless running; before the first start succeeds, a port another process
+        took meanwhile is replaced by a free one (three tries)."""
+        if self.running:
+            return
+        attempts = 1 if self._started_once else 3  # fresh ports only before the first start
+        for attempt in range(attempts):
+            try:
+                self._start_once(self.timeout if timeout is None else timeout)
+                self._started_once = True
+                return
+            except ServerError:
+                if attempt + 1 == attempts or not self._port_taken():
+                    raise
+                self._new_ports()
+
+    def _start_once(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def _port_taken(self) -> bool:
+        raise NotImplementedError
+
+    def _new_ports(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 15.0) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop and remove everything (the temporary directory, stored mail or data)."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self._unregister()
+
+    def log_text(self) -> str:
+        """What the server logged."""
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")
+        return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,6 +431,11 @@ def _append_batches(
 # --------------------------------------------------------------------------------------------
 # Dovecot
 
+# Sent, Drafts, Junk and Trash exist (subscribed) in every new user's mailbox.
+_SPECIAL_MAILBOXES = "".join(
+    f"  mailbox {name} {{\n    special_use = \\{name}\n    auto = subscribe\n  }}\n"
+    for name in ("Sent", "Drafts", "Junk", "Trash")
+)
 _DOVECOT_CONF = """\
 # Written by tests/support/servers.py for one throwaway test instance.
 base_dir = {dir}/run
@@ -420,23 +467,7 @@ userdb {{
 namespace inbox {{
   inbox = yes
   separator = /
-  mailbox Sent {{
-    special_use = \\Sent
-    auto = subscribe
-  }}
-  mailbox Drafts {{
-    special_use = \\Drafts
-    auto = subscribe
-  }}
-  mailbox Junk {{
-    special_use = \\Junk
-    auto = subscribe
-  }}
-  mailbox Trash {{
-    special_use = \\Trash
-    auto = subscribe
-  }}
-}}
+{special_mailboxes}}}
 
 protocol imap {{
   mail_max_userip_connections = 200
@@ -462,7 +493,7 @@ service lmtp {{
 {anvil_chroot}"""
 
 
-class Dovecot(_Managed):
+class Dovecot(_Process):
     """A Dovecot instance of its own on 127.0.0.1 (IMAP, IMAPS, LMTP), Maildir in a temp dir.
 
     Any user name logs in with :attr:`password`; :meth:`new_user` hands out fresh, empty ones.
@@ -541,28 +572,19 @@ class Dovecot(_Managed):
                 lmtp_port=self.lmtp_port,
                 login_chroot=login_chroot,
                 anvil_chroot=anvil_chroot,
+                special_mailboxes=_SPECIAL_MAILBOXES,
             )
         )
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float | None = None) -> None:
         """Start (again) on the same ports; returns once the IMAP greeting arrives."""
-        if self.running:
-            return
-        attempts = 1 if self._started_once else 3  # fresh ports only before the first start
-        for attempt in range(attempts):
-            try:
-                self._start_once(self.timeout if timeout is None else timeout)
-                self._started_once = True
-                return
-            except ServerError:
-                in_use = "in use" in self._diagnostics()
-                if attempt + 1 == attempts or not in_use:
-                    raise
-                self.port, self.tls_port, self.lmtp_port = _free_ports(3)
+        self._start_on_free_ports(timeout)
+
+    def _port_taken(self) -> bool:
+        return "in use" in self._diagnostics()
+
+    def _new_ports(self) -> None:
+        self.port, self.tls_port, self.lmtp_port = _free_ports(3)
 
     def _start_once(self, timeout: float) -> None:
         self._write_conf()
@@ -587,12 +609,6 @@ class Dovecot(_Managed):
         """SIGTERM and wait; the mail store and the ports stay for :meth:`start`."""
         _stop_process(self._proc, signal.SIGTERM, timeout)
         self._proc = None
-
-    def close(self) -> None:
-        """Stop and remove everything (temp dir, mail store)."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self._unregister()
 
     def log_text(self) -> str:
         """Dovecot's log of every start so far, after what it printed before logging began."""
@@ -796,6 +812,19 @@ class Dovecot(_Managed):
         return new
 
 
+T = TypeVar("T")
+
+
+class _OfServer(Generic[T]):
+    """A read-only attribute of the account's server: ``account.port`` is ``server.port``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, account: MailAccount, owner: type | None = None) -> T:
+        return getattr(account.server, self.name)  # type: ignore[no-any-return]
+
+
 @dataclass
 class MailAccount:
     """One Dovecot user with the server's helpers bound to it (the ``mailbox`` fixture)."""
@@ -803,29 +832,12 @@ class MailAccount:
     server: Dovecot
     user: str
 
-    @property
-    def host(self) -> str:
-        return self.server.host
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def tls_port(self) -> int:
-        return self.server.tls_port
-
-    @property
-    def lmtp_port(self) -> int:
-        return self.server.lmtp_port
-
-    @property
-    def ca_file(self) -> Path:
-        return self.server.ca_file
-
-    @property
-    def password(self) -> str:
-        return self.server.password
+    host = _OfServer[str]()
+    port = _OfServer[int]()
+    tls_port = _OfServer[int]()
+    lmtp_port = _OfServer[int]()
+    ca_file = _OfServer[Path]()
+    password = _OfServer[str]()
 
     def save(self, raw: bytes, mailbox: str = "INBOX", flags: Iterable[str] = ()) -> int:
         return self.server.save(self.user, raw, mailbox, flags)
@@ -872,7 +884,7 @@ class MailAccount:
 # Hoodiecrow (Gmail emulation)
 
 
-class Hoodiecrow(_Managed):
+class Hoodiecrow(_Process):
     """hoodiecrow-imap 2.1.0 as a Gmail stand-in on 127.0.0.1 (see ``gmail_server.js``).
 
     In memory: each :meth:`start` is an empty account (INBOX and ``[Gmail]/...`` folders),
@@ -917,10 +929,6 @@ class Hoodiecrow(_Managed):
         except BaseException:
             self.close()
             raise
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float | None = None) -> None:
         """Start an empty server (on the former port when restarted); wait for its greeting."""
@@ -983,17 +991,6 @@ class Hoodiecrow(_Managed):
         _stop_process(proc, signal.SIGTERM, timeout)
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self._unregister()
-
-    def log_text(self) -> str:
-        """What the Node process printed on stderr."""
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")
-        return ""
 
     def client(self, timeout: float = 10.0) -> IMAPClient:
         """A new, logged-in IMAP connection (TLS when the server has it); the caller logs out."""
@@ -1076,7 +1073,7 @@ def _postgres_bin() -> Path:
     return max(candidates)[1]
 
 
-class Postgres(_Managed):
+class Postgres(_Process):
     """A PostgreSQL cluster of its own on 127.0.0.1, user ``guard`` with trust auth, fsync off.
 
     The server runs in the foreground under this process (``postgres -D``, as the ``postgres``
@@ -1150,24 +1147,15 @@ class Postgres(_Managed):
     def url_for(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float | None = None) -> None:
         """Start (again, on the same port and data); returns once it accepts connections."""
-        if self.running:
-            return
-        attempts = 1 if self._started_once else 3
-        for attempt in range(attempts):
-            try:
-                self._start_once(self.timeout if timeout is None else timeout)
-                self._started_once = True
-                return
-            except ServerError:
-                if attempt + 1 == attempts or "could not bind" not in _tail(self.log):
-                    raise
-                self.port = _free_ports(1)[0]
+        self._start_on_free_ports(timeout)
+
+    def _port_taken(self) -> bool:
+        return "could not bind" in _tail(self.log)
+
+    def _new_ports(self) -> None:
+        self.port = _free_ports(1)[0]
 
     def _start_once(self, timeout: float) -> None:
         command = [
@@ -1210,16 +1198,6 @@ class Postgres(_Managed):
         """Fast shutdown (SIGINT: rolls back open transactions, disconnects clients)."""
         _stop_process(self._proc, signal.SIGINT, timeout)
         self._proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self._unregister()
-
-    def log_text(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")
-        return ""
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL with psql (no Python driver needed); return its unaligned output."""

@@ -802,8 +802,6 @@ def test_redacted_is_plain_data_keyed_like_the_file(tmp_path: Path, env: dict[st
 
 
 def test_systemd_configuration_directory_is_looked_at_first(tmp_path: Path) -> None:
-    from guard.config import find_config_path
-
     unit_dir = tmp_path / "etc-unit"
     unit_dir.mkdir()
     (unit_dir / "config.toml").write_text("")
@@ -812,13 +810,11 @@ def test_systemd_configuration_directory_is_looked_at_first(tmp_path: Path) -> N
 
 
 def test_no_home_at_all_does_not_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from guard import config as cfg
-
     def no_home() -> Path:
         raise KeyError("no passwd entry")
 
-    monkeypatch.setattr(cfg.Path, "home", staticmethod(no_home))
-    assert str(cfg.default_state_dir({})).startswith("/nonexistent")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert str(default_state_dir({})).startswith("/nonexistent")
 
 
 ACCOUNTS = """

@@ -24,9 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 from sqlmodel import select
 
+from guard import reports as dg
 from guard import store as st
 from guard.config import Config
-from guard.reports import digest as dg
+from guard.reports.digest import MAX_MESSAGES, MAX_THREADS, digest_lock
+from guard.reports.smtp import Redactor, describe
 
 T0 = datetime(2026, 11, 20, 9, 0)  # naive UTC, as the store keeps times
 ACCOUNT = "default"
@@ -165,6 +167,29 @@ def add_thread(
                 updated_at=updated_at,
             )
         )
+
+
+def add_phishing_thread(
+    store: st.Store, thread_id: str, subject: str, sender: tuple[str, str], evidence: str
+) -> None:
+    """A thread of one phishing message from ``sender`` (name, address) with one finding,
+    updated at T0."""
+    sender_name, address = sender
+    add_thread(
+        store,
+        thread_id,
+        updated_at=T0,
+        subject=subject,
+        messages=[
+            {
+                "sender": address,
+                "sender_name": sender_name,
+                "subject": subject,
+                "findings": [("phish.link", "phishing", evidence)],
+            }
+        ],
+        categories=("phishing",),
+    )
 
 
 def add_scan(
@@ -381,21 +406,8 @@ def test_safe_text_strips_escapes_bidi_and_invisible_characters() -> None:
 def test_hostile_subjects_senders_and_evidence_are_inert_in_both_parts(
     store: st.Store, config: Config
 ) -> None:
-    add_thread(
-        store,
-        "t-hostile",
-        updated_at=T0,
-        subject=HOSTILE_SUBJECT,
-        messages=[
-            {
-                "sender": "support@paypal.com.evil.example",
-                "sender_name": "PayPal.com <b>Support</b>\u202e",
-                "subject": HOSTILE_SUBJECT,
-                "findings": [("phish.link", "phishing", HOSTILE_EVIDENCE)],
-            }
-        ],
-        categories=("phishing",),
-    )
+    sender = ("PayPal.com <b>Support</b>\u202e", "support@paypal.com.evil.example")
+    add_phishing_thread(store, "t-hostile", HOSTILE_SUBJECT, sender, HOSTILE_EVIDENCE)
     rendered = dg.preview(store, config, now=T0 + timedelta(hours=1))
 
     for part in (rendered.text, rendered.html):
@@ -423,20 +435,8 @@ def test_digest_defangs_edge_hosts_strips_ignorables_and_shows_punycode(
 ) -> None:
     subject = "Payout on _evil.com, -evil.com and evil.com_ today"
     evidence = "log in at p\U0001bca0аypal.com or pay\U0001d173pal\U0001d17a.com"
-    add_thread(
-        store,
-        "t-edges",
-        updated_at=T0,
-        subject=subject,
-        messages=[
-            {
-                "sender": "billing@-evil.com",
-                "sender_name": "Billing\U0001bca3 team",
-                "subject": subject,
-                "findings": [("phish.link", "phishing", evidence)],
-            }
-        ],
-        categories=("phishing",),
+    add_phishing_thread(
+        store, "t-edges", subject, ("Billing\U0001bca3 team", "billing@-evil.com"), evidence
     )
     rendered = dg.preview(store, config, now=T0 + timedelta(hours=1))
     for part in (rendered.text, rendered.html):
@@ -524,16 +524,16 @@ def test_long_threads_and_many_threads_are_capped(store: st.Store, config: Confi
         store,
         "t-long",
         updated_at=T0,
-        messages=[{"subject": f"message {i}", "findings": []} for i in range(dg.MAX_MESSAGES + 4)],
+        messages=[{"subject": f"message {i}", "findings": []} for i in range(MAX_MESSAGES + 4)],
     )
-    for i in range(dg.MAX_THREADS + 2):
+    for i in range(MAX_THREADS + 2):
         add_thread(store, f"t-{i}", updated_at=T0 - timedelta(minutes=1), risk="medium")
     rendered = dg.preview(store, config, now=T0 + timedelta(minutes=1))
-    assert rendered.threads == dg.MAX_THREADS + 3
-    assert len(rendered.content.threads) == dg.MAX_THREADS
+    assert rendered.threads == MAX_THREADS + 3
+    assert len(rendered.content.threads) == MAX_THREADS
     long = rendered.content.threads[0]
     assert long.hidden_messages == 4
-    assert long.messages[-1].subject == f"message {dg.MAX_MESSAGES + 3}"
+    assert long.messages[-1].subject == f"message {MAX_MESSAGES + 3}"
     assert "3 more flagged threads not shown" in rendered.text
     assert "4 earlier not shown" in rendered.text
 
@@ -686,7 +686,7 @@ def test_failed_send_keeps_digests_pending_and_retries_oldest_first(
 
 
 def test_one_digest_run_at_a_time(store: st.Store, config: Config) -> None:
-    with dg._digest_lock(store, ACCOUNT), pytest.raises(dg.DigestError, match="another digest"):
+    with digest_lock(store, ACCOUNT), pytest.raises(dg.DigestError, match="another digest"):
         dg.build_digest(store, config, now=T0)
     assert dg.build_digest(store, config, now=T0) is not None  # released again
 
@@ -722,16 +722,16 @@ def test_message_is_multipart_alternative_with_stable_headers(
 def test_auth_errors_never_repeat_the_server_reply(store: st.Store, config: Config) -> None:
     assert config.smtp is not None
     smtp = config.smtp.model_copy(update={"username": "me@work.example"})
-    redact = dg._Redactor()
+    redact = Redactor()
     redact.add("hunter2-password", "\0me@work.example\0hunter2-password")
     echo = b"5.7.8 bad credentials AHVzZXIAaHVudGVyMi1wYXNzd29yZA== hunter2-password"
-    line = dg._describe(smtplib.SMTPAuthenticationError(535, echo), smtp, redact, "logging in")
+    line = describe(smtplib.SMTPAuthenticationError(535, echo), smtp, redact, "logging in")
     assert line.startswith("SMTP login as me@work.example refused by 127.0.0.1:")
     assert "(535 5.7.8)" in line
     assert "hunter2" not in line and "AHVz" not in line
 
     data_error = smtplib.SMTPDataError(554, b"5.6.0 rejected: hunter2-password\r\nline two")
-    line = dg._describe(data_error, smtp, redact, "sending the digest")
+    line = describe(data_error, smtp, redact, "sending the digest")
     assert "hunter2" not in line and "\n" not in line and "554" in line
 
 

@@ -141,22 +141,11 @@ def test_render_report_puts_summary_last() -> None:
     assert "  f2.eml: missed dispute" in lines
     assert '  f3.eml: extra scam (rule.scam: "evidence for scam")' in lines
     assert "  f5.eml: missed phishing" in lines
-    tail = lines[-15:]
-    payment = next(line for line in tail if line.startswith("off_platform_payment"))
-    assert payment.split() == [
-        "off_platform_payment",
-        "1.000",
-        "1.000",
-        "1.000",
-        "2",
-        "0",
-        "0",
-        "2",
-    ]
-    dispute = next(line for line in tail if line.startswith("dispute"))
-    assert dispute.split() == ["dispute", "n/a", "0.000", "0.000", "0", "0", "1", "1"]
-    contact = next(line for line in tail if line.startswith("contact_request"))
-    assert contact.split() == ["contact_request", "n/a", "n/a", "n/a", "0", "0", "0", "0"]
+    # category -> precision, recall, F1, TP, FP, FN, support
+    rows = {line.split()[0]: line.split()[1:] for line in lines[-15:] if line.strip()}
+    assert rows["off_platform_payment"] == ["1.000", "1.000", "1.000", "2", "0", "0", "2"]
+    assert rows["dispute"] == ["n/a", "0.000", "0.000", "0", "0", "1", "1"]
+    assert rows["contact_request"] == ["n/a", "n/a", "n/a", "0", "0", "0", "0"]
 
 
 def test_report_to_dict() -> None:
@@ -619,3 +608,28 @@ def test_eval_table_absent_root_and_errors(
 
     assert main(["eval", str(corpus_root / "writers" / "x"), "--format", "markdown"]) == 2
     assert "--format markdown needs --table" in capsys.readouterr().err
+
+
+def test_eval_corpus_engine_failure_and_unreadable_labels(
+    corpus_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eval CORPUS_DIR`` (guard.evaluation.run): an engine failure names the message and
+    exits 1 with nothing on stdout; a labels file that is not UTF-8 is one line, status 2."""
+    corpus = corpus_root / "writers" / "x"
+
+    def broken(rules: object, msg: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("guard.evaluation.run.evaluate", broken)
+    assert main(["eval", str(corpus)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "'1-ham.eml': internal error: RuntimeError: boom" in captured.err
+    monkeypatch.undo()
+
+    (corpus / "labels.csv").write_bytes(b"file,categories\n\xff.eml,\n")
+    assert main(["eval", str(corpus)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"labels file '{corpus / 'labels.csv'}': not UTF-8 text" in captured.err

@@ -29,10 +29,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from guard import reports as ex
 from guard import store as st
 from guard.cli import main
-from guard.mail.message import parse_message
-from guard.reports import export as ex
+from guard.mail import parse_message
 
 NOW = datetime(2026, 11, 25, 12, 0, 0)
 HOSTILE = (
@@ -380,7 +380,7 @@ def test_a_failed_export_leaves_nothing_behind(
     def broken(_timeline: object) -> tuple[str, str]:
         raise RuntimeError("template exploded")
 
-    monkeypatch.setattr(ex, "render_timeline", broken)
+    monkeypatch.setattr("guard.reports.export.render_timeline", broken)
     with pytest.raises(RuntimeError):
         export(store, tmp_path / "bundle.zip")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("guard")) == []
@@ -465,16 +465,24 @@ def test_long_text_is_shortened_in_the_timeline_only(store: st.Store, tmp_path: 
 # --------------------------------------------------------------------------- from the server
 
 
-def test_message_without_stored_copy_is_fetched_from_the_server(
-    store: st.Store, tmp_path: Path
-) -> None:
+def second_from_server(
+    store: st.Store, out: Path, served: Callable[[bytes], bytes] = lambda raw: raw
+) -> tuple[list[bytes], list[st.StoredMessage], FakeServer, ex.ExportResult]:
+    """The dispute thread with no stored copy of its second message, whose bytes the
+    server gives as ``served`` makes them; exported to ``out``."""
     raws = dispute_thread()
     rows = seed(store, raws, keep=[True, False, True])
     server = FakeServer()
-    server.put(rows[1], raws[1])
+    server.put(rows[1], served(raws[1]))
+    return raws, rows, server, export(store, out, server)
+
+
+def test_message_without_stored_copy_is_fetched_from_the_server(
+    store: st.Store, tmp_path: Path
+) -> None:
     out = tmp_path / "bundle.zip"
 
-    result = export(store, out, server)
+    raws, rows, server, result = second_from_server(store, out)
 
     assert [m.status for m in result.messages] == ["included"] * 3
     assert server.calls == [("default", "INBOX", 7, [rows[1].uid])]
@@ -486,13 +494,11 @@ def test_message_without_stored_copy_is_fetched_from_the_server(
 def test_server_copy_with_other_bytes_is_refused_and_listed_missing(
     store: st.Store, tmp_path: Path
 ) -> None:
-    raws = dispute_thread()
-    rows = seed(store, raws, keep=[True, False, True])
-    server = FakeServer()
-    server.put(rows[1], raws[1].replace(b"final files", b"draft files"))
     out = tmp_path / "bundle.zip"
 
-    result = export(store, out, server)
+    _raws, rows, _server, result = second_from_server(
+        store, out, lambda raw: raw.replace(b"final files", b"draft files")
+    )
 
     assert [m.status for m in result.messages] == ["included", "missing", "included"]
     assert "is not the message inbox-guard read" in result.messages[1].note

@@ -18,8 +18,7 @@ import pytest
 from sqlmodel import Session
 
 from guard import store as st
-from guard.mail import msgid
-from guard.mail.message import parse_message
+from guard.mail import msgid, parse_message
 from guard.mailbox import threads
 from guard.reports import drafts
 

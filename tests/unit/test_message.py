@@ -1,4 +1,4 @@
-"""guard.mail.message.parse_message: raw bytes to Message, never raising.
+"""guard.mail.parse_message: raw bytes to Message, never raising.
 
 Every fixture is built here, as bytes literals or with the stdlib ``email`` package.
 """
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard.mail.message import (
+from guard.mail import (
     ATTACHMENT_TEXT_CHARS,
     MAX_ATTACHMENTS,
     MAX_HEADER_BYTES,
@@ -814,11 +814,11 @@ ADDRESS_CASES = [
 def test_addresses_date_and_notes_as_mail_parser_reads_them(headers) -> None:
     import mailparser
 
-    from guard.mail.message import _read_mail
+    from guard.mail.mime import read_mail
 
     raw = raw_mail(f"{headers}\nDate: Tue, 24 Sep 2024 11:15:27 +0200\nSubject: x", "body\n")
     full = mailparser.parse_from_bytes(raw)
-    lean = _read_mail(raw)
+    lean = read_mail(raw)
     for key in ("from", "to", "cc", "reply-to"):
         assert lean.addresses.get(key, []) == (full.mail.get(key) or [])
     assert lean.date == full.date
@@ -856,7 +856,7 @@ def test_latin1_label_reads_windows_1252_punctuation() -> None:
 
 
 def test_tune_allocator_is_explicit_and_can_be_switched_off(monkeypatch) -> None:
-    from guard.mail.message import tune_allocator
+    from guard.mail import tune_allocator
 
     monkeypatch.setenv("GUARD_MALLOC_DEFAULTS", "1")
     assert tune_allocator() is False

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guard.mail.message import Address, Message
+from guard.mail import Address, Message
 from guard.policy import evaluate, load_rules
 from guard.policy.normalize import (
     _QUOTE_MARKS,

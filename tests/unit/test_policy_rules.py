@@ -15,10 +15,11 @@ import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guard.mail.message import Address, Attachment, AuthResults, Message
+from guard.mail import Address, Attachment, AuthResults, Message
 from guard.policy import evaluate, load_rules
-from guard.policy.engine import _Compiler, _distance, _nearest, _within
+from guard.policy.engine import _distance, _nearest, _within
 from guard.policy.engine import evaluate as evaluate_rules
+from guard.policy.terms import TermCompiler
 
 CLIENT = Address("Dana Whitfield", "dana@whitfield-studio.example")
 UPWORK = Address("Upwork", "donotreply@upwork.com")
@@ -612,5 +613,5 @@ def test_rule_far_into_a_long_body_fires_with_evidence(rules):
     ],
 )
 def test_optional_separator_matches_the_glued_word(text, found):
-    pattern = _Compiler({}, "test").term_body("cash ?app")
+    pattern = TermCompiler({}, "test").term_body("cash ?app")
     assert (re2.search(pattern, text) is not None) is found

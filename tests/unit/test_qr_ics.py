@@ -9,7 +9,7 @@ import pytest
 import segno
 from PIL import Image
 
-from guard.mail.message import QR_MAX_IMAGES, parse_message
+from guard.mail import QR_MAX_IMAGES, parse_message
 from guard.policy import evaluate, load_rules
 from guard.policy.structural import run_checks
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from guard.mail.message import Address, AuthResults, Message
+from guard.mail import Address, AuthResults, Message
 from guard.policy import evaluate, load_rules
 from guard.policy.judge import feature_view
 from guard.policy.structural import is_relayed_message

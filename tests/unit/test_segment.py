@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guard.mail.message import Address, Message
+from guard.mail import Address, Message
 from guard.policy.judge import segments
 from guard.policy.segment import split
 

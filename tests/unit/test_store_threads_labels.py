@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import SQLModel
 from support.mail import make
 
 from guard import store as st
-from guard.mail.message import parse_message
+from guard.mail import parse_message
 from guard.mailbox import labels as lb
 from guard.mailbox import threads
+from guard.mailbox.label_backends import LabelScheme
 
 # --------------------------------------------------------------------------- store
 
@@ -85,8 +87,8 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "guard.sqlite3"
     engine = sa.create_engine(f"sqlite:///{path}")
     v2_tables = {"digest", "evidence", "draft"}
-    v1 = [t for name, t in st.SQLModel.metadata.tables.items() if name not in v2_tables]
-    st.SQLModel.metadata.create_all(engine, tables=v1)
+    v1 = [t for name, t in SQLModel.metadata.tables.items() if name not in v2_tables]
+    SQLModel.metadata.create_all(engine, tables=v1)
     with engine.begin() as conn:
         conn.execute(sa.text("insert into schema_version values (1, '2026-11-01 00:00:00')"))
         conn.execute(
@@ -128,6 +130,62 @@ def test_database_password_is_never_shown() -> None:
     with pytest.raises(st.StoreError) as info:
         st.Store("postgresql+psycopg://guard:hunter2@127.0.0.1:1/x?connect_timeout=2")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'guard.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_list_columns_are_typed_and_stored_as_before(store_url: str) -> None:
+    """The typed views of the list columns write exactly the text the hand-written joins
+    did (categories in the verdict's order, labels sorted one a line), and read back what
+    was stored, empty items skipped, on both databases."""
+    store = st.Store(store_url)
+    with store.session() as s:
+        location = {"folder": "INBOX", "uidvalidity": 1, "uid": 1, "content_hash": "h"}
+        message = st.StoredMessage(
+            account="a",
+            thread_id="t",
+            **location,
+            recipients=st.join_commas(["b@example.org", "a@example.org"]),
+            categories=st.join_commas(["phishing", "dispute"]),
+            notes=st.join_lines(["imap.max_message_bytes: cut", "unreadable part"]),
+        )
+        message.label_set = {"keyword:$GuardScam", "folder:Guard/Scam"}
+        thread = st.Thread(account="a", thread_id="t")
+        thread.category_list = ["dispute", "phishing"]
+        thread.label_list = ["scam", "level:high"]
+        s.add_all([message, thread])
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT recipients, categories, notes, labels FROM message")
+        ).one()
+        stored_thread = conn.execute(sa.text("SELECT categories, labels FROM thread")).one()
+        # a row written by an older version, with the empty items its joins could leave
+        conn.execute(sa.text("UPDATE thread SET categories = ',x,,y', labels = '\na\n\nb\n'"))
+        conn.commit()
+    assert tuple(stored) == (
+        "b@example.org,a@example.org",
+        "phishing,dispute",
+        "imap.max_message_bytes: cut\nunreadable part",
+        "folder:Guard/Scam\nkeyword:$GuardScam",
+    )
+    assert tuple(stored_thread) == ("dispute,phishing", "level:high\nscam")
+    with store.session() as s:
+        row = s.get(st.StoredMessage, message.id)
+        assert row is not None
+        assert row.recipient_list == ("b@example.org", "a@example.org")
+        assert row.category_list == ("phishing", "dispute")
+        assert row.note_list == ("imap.max_message_bytes: cut", "unreadable part")
+        assert row.label_set == {"folder:Guard/Scam", "keyword:$GuardScam"}
+        again = st.get_thread(s, "a", "t")
+        assert again is not None
+        assert (again.category_list, again.label_list) == (("x", "y"), ("a", "b"))
+        assert st.split_commas(",x,,y") == ("x", "y") and st.split_lines("\na\n") == ("a",)
+    store.close()
 
 
 # --------------------------------------------------------------------------- threads
@@ -187,8 +245,10 @@ def test_parent_arriving_after_its_reply_joins_the_thread(tmp_path: Path) -> Non
 
 def test_label_spellings() -> None:
     payment = lb.category_label("off_platform_payment")
-    assert lb.spell(payment, "gmail", "Guard") == ["gmail:Guard/Off-platform payment"]
-    assert lb.spell(payment, "keywords+folders", "Guard", ".") == [
+    assert LabelScheme.for_mode("gmail", "Guard").spell(payment) == [
+        "gmail:Guard/Off-platform payment"
+    ]
+    assert LabelScheme.for_mode("keywords+folders", "Guard", ".").spell(payment) == [
         "keyword:$GuardOffPlatformPayment",
         "folder:Guard.Off-platform payment",
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guard.mail.message import Address, Attachment, AuthResults, Link, Message
+from guard.mail import Address, Attachment, AuthResults, Link, Message
 from guard.policy import RulesError, evaluate, load_rules
 
 PASS = AuthResults(spf="pass", dkim="pass", dmarc="pass", dkim_domains=("upwork.com",))
@@ -20,6 +20,25 @@ def found(rules, msg: Message) -> set[str]:
     return {f.rule for f in evaluate(rules, msg).findings}
 
 
+def client_mail(text: str, *links: tuple[str, str]) -> Message:
+    """A message from the client with ``text`` and ``(link text, href)`` links."""
+    return Message(from_=CLIENT, text=text, links=tuple(Link(t, href) for t, href in links))
+
+
+def assert_phishing(rules, msg: Message, rule: str) -> None:
+    """``rule`` fires on ``msg`` and the verdict counts the phishing category."""
+    verdict = evaluate(rules, msg)
+    assert rule in {f.rule for f in verdict.findings}
+    assert "phishing" in verdict.categories
+
+
+def assert_clean(rules, msg: Message) -> None:
+    """No phishing finding at all on ``msg``, and no risk."""
+    verdict = evaluate(rules, msg)
+    assert not any(f.category == "phishing" for f in verdict.findings)
+    assert verdict.risk == "none"
+
+
 def file(name: str, *, encrypted: bool = False, declared: str = "application/octet-stream"):
     return Attachment(
         filename=name, declared_type=declared, sniffed_type="", size=2048, encrypted=encrypted
@@ -32,24 +51,18 @@ def test_brand_display_name_from_foreign_domain(rules):
         subject="Your account",
         text="Hello, please read the attached notice.",
     )
-    verdict = evaluate(rules, msg)
-    assert "phishing.brand-display-name" in {f.rule for f in verdict.findings}
-    assert "phishing" in verdict.categories
+    assert_phishing(rules, msg, "phishing.brand-display-name")
 
 
 @pytest.mark.parametrize("domain", ["upw0rk-verify.com", "upwork-billing.net", "xn--upwrk-lye.com"])
 def test_lookalike_sender_domain(rules, domain):
     msg = Message(from_=Address("Billing", f"billing@{domain}"), subject="Invoice", text="Hi.")
-    verdict = evaluate(rules, msg)
-    assert "phishing.lookalike-domain" in {f.rule for f in verdict.findings}
-    assert "phishing" in verdict.categories
+    assert_phishing(rules, msg, "phishing.lookalike-domain")
 
 
 def test_lookalike_link_domain(rules):
-    msg = Message(
-        from_=CLIENT,
-        text="Check the milestone here.",
-        links=(Link("Open milestone", "https://upw0rk-verify.com/milestone/1"),),
+    msg = client_mail(
+        "Check the milestone here.", ("Open milestone", "https://upw0rk-verify.com/milestone/1")
     )
     assert "phishing.lookalike-domain" in found(rules, msg)
 
@@ -62,9 +75,7 @@ def test_genuine_platform_mail_is_clean(rules):
         links=(Link("View message", "https://www.upwork.com/ab/messages/rooms/1"),),
         auth=PASS,
     )
-    verdict = evaluate(rules, msg)
-    assert not any(f.category == "phishing" for f in verdict.findings)
-    assert verdict.risk == "none"
+    assert_clean(rules, msg)
 
 
 def test_spoofed_platform_domain(rules):
@@ -74,16 +85,13 @@ def test_spoofed_platform_domain(rules):
         text="Your payout is on hold.",
         auth=AuthResults(spf="fail", dkim="", dmarc="fail"),
     )
-    verdict = evaluate(rules, msg)
-    assert "phishing.spoofed-brand" in {f.rule for f in verdict.findings}
-    assert "phishing" in verdict.categories
+    assert_phishing(rules, msg, "phishing.spoofed-brand")
 
 
 def test_link_text_shows_brand_but_goes_elsewhere(rules):
-    msg = Message(
-        from_=CLIENT,
-        text="Please log in to accept the offer.",
-        links=(Link("https://www.upwork.com/login", "https://login-session.example/u"),),
+    msg = client_mail(
+        "Please log in to accept the offer.",
+        ("https://www.upwork.com/login", "https://login-session.example/u"),
     )
     verdict = evaluate(rules, msg)
     finding = next(f for f in verdict.findings if f.rule == "phishing.link-brand-mismatch")
@@ -91,16 +99,8 @@ def test_link_text_shows_brand_but_goes_elsewhere(rules):
 
 
 def test_honest_link_text_is_fine(rules):
-    msg = Message(
-        from_=CLIENT,
-        text="Spec is here.",
-        links=(
-            Link(
-                "https://docs.whitfield-studio.example/spec",
-                "https://docs.whitfield-studio.example/spec",
-            ),
-        ),
-    )
+    spec = "https://docs.whitfield-studio.example/spec"
+    msg = client_mail("Spec is here.", (spec, spec))
     rules_found = found(rules, msg)
     assert "phishing.link-brand-mismatch" not in rules_found
     assert "phishing.link-text-mismatch" not in rules_found
@@ -124,9 +124,7 @@ def test_honest_link_text_is_fine(rules):
 )
 def test_dangerous_attachments(rules, attachment, rule):
     msg = Message(from_=CLIENT, subject="Files", text="See attached.", attachments=(attachment,))
-    verdict = evaluate(rules, msg)
-    assert rule in {f.rule for f in verdict.findings}
-    assert "phishing" in verdict.categories
+    assert_phishing(rules, msg, rule)
 
 
 @pytest.mark.parametrize(
@@ -140,18 +138,17 @@ def test_dangerous_attachments(rules, attachment, rule):
 )
 def test_ordinary_attachments(rules, attachment):
     msg = Message(from_=CLIENT, subject="Files", text="See attached.", attachments=(attachment,))
-    verdict = evaluate(rules, msg)
-    assert not any(f.category == "phishing" for f in verdict.findings)
-    assert verdict.risk == "none"
+    assert_clean(rules, msg)
+
+
+def reply_elsewhere(subject: str, text: str) -> Message:
+    """A message from the client whose Reply-To is another domain's address."""
+    other = Address("Dana", "dana@other-agency.example")
+    return Message(from_=CLIENT, reply_to=(other,), subject=subject, text=text)
 
 
 def test_reply_to_mismatch_alone_is_only_supporting(rules):
-    msg = Message(
-        from_=CLIENT,
-        reply_to=(Address("Dana", "dana@other-agency.example"),),
-        subject="Re: logo",
-        text="Thanks, the logo looks great.",
-    )
+    msg = reply_elsewhere("Re: logo", "Thanks, the logo looks great.")
     verdict = evaluate(rules, msg)
     assert "phishing.reply-to-mismatch" in {f.rule for f in verdict.findings}
     assert verdict.risk == "none"
@@ -159,11 +156,8 @@ def test_reply_to_mismatch_alone_is_only_supporting(rules):
 
 
 def test_reply_to_mismatch_counts_with_scam_text(rules):
-    msg = Message(
-        from_=CLIENT,
-        reply_to=(Address("Dana", "dana@other-agency.example"),),
-        subject="Account notice",
-        text="Verify your account within 24 hours or it will be suspended.",
+    msg = reply_elsewhere(
+        "Account notice", "Verify your account within 24 hours or it will be suspended."
     )
     verdict = evaluate(rules, msg)
     rules_found = {f.rule for f in verdict.findings}
