@@ -118,26 +118,35 @@ def ham_notification(rng: random.Random, i: int) -> EmailMessage:
     return msg
 
 
-def risky_payment(rng: random.Random, i: int) -> EmailMessage:
-    msg = _base(rng, i, "Mark Buyer <mark.buyer@mail.example>", "About the contract")
+PAYMENT_ASK = (
+    "Can you send me your PayPal so I pay you directly and we avoid the Upwork fees? "
+    "I can also do a bank transfer if you prefer, and I will close the contract."
+)
+CONTACT_ASK = (
+    "Please add me on WhatsApp +1 555 0100 or Telegram @kim_hiring so we can talk "
+    "there instead of this platform. Also send me your personal email and phone number."
+)
+
+
+def _client_letter(
+    rng: random.Random, i: int, sender: str, subject: str, greeting: str, ask: str, name: str
+) -> EmailMessage:
+    """A plain-text letter: greeting, three paragraphs, the ``ask``, two more, signature."""
+    msg = _base(rng, i, sender, subject)
     msg.set_content(
-        f"Hi Sam,\n\n{_paragraphs(rng, 3)}\n\n"
-        "Can you send me your PayPal so I pay you directly and we avoid the Upwork fees? "
-        "I can also do a bank transfer if you prefer, and I will close the contract.\n\n"
-        f"{_paragraphs(rng, 2)}\n\nMark\n"
+        f"{greeting}\n\n{_paragraphs(rng, 3)}\n\n{ask}\n\n{_paragraphs(rng, 2)}\n\n{name}\n"
     )
     return msg
+
+
+def risky_payment(rng: random.Random, i: int) -> EmailMessage:
+    sender, subject = "Mark Buyer <mark.buyer@mail.example>", "About the contract"
+    return _client_letter(rng, i, sender, subject, "Hi Sam,", PAYMENT_ASK, "Mark")
 
 
 def risky_contact(rng: random.Random, i: int) -> EmailMessage:
-    msg = _base(rng, i, "Kim Hiring <kim.hr@mail.example>", "Interview for the position")
-    msg.set_content(
-        f"Hello,\n\n{_paragraphs(rng, 3)}\n\n"
-        "Please add me on WhatsApp +1 555 0100 or Telegram @kim_hiring so we can talk "
-        "there instead of this platform. Also send me your personal email and phone "
-        f"number.\n\n{_paragraphs(rng, 2)}\n\nKim\n"
-    )
-    return msg
+    sender, subject = "Kim Hiring <kim.hr@mail.example>", "Interview for the position"
+    return _client_letter(rng, i, sender, subject, "Hello,", CONTACT_ASK, "Kim")
 
 
 def risky_phishing(rng: random.Random, i: int) -> EmailMessage:

@@ -133,55 +133,49 @@ def first_scans(
     say(f"    {scan_small.wall_s:.1f} s, peak RSS {scan_small.maxrss_mb:.0f} MB")
 
     ratio = scan.wall_s / bare.wall_s
-    n = bare_info["messages"]
-    rows.append(
-        Row(
-            "2",
-            f"first scan of {n:,} msgs: `inbox-guard scan` / bare FETCH+parse (wall)",
-            f"<= {FIRST_SCAN_TARGET}x",
-            f"{ratio:.2f}x ({scan.wall_s:.1f} s = {n / scan.wall_s:.0f} msg/s vs "
-            f"{bare.wall_s:.1f} s = {n / bare.wall_s:.0f} msg/s)",
-            ratio <= FIRST_SCAN_TARGET,
-            {"scan": summary, "bare": bare_info, "scan_cpu_s": scan.cpu_s},
-        )
-    )
-    rows.append(
-        Row(
-            "2",
-            "  same, CPU time (less sensitive to other load on the machine)",
-            "-",
-            f"{scan.cpu_s / bare.cpu_s:.2f}x ({scan.cpu_s:.1f} s vs {bare.cpu_s:.1f} s)",
-        )
-    )
-    rows.append(
-        Row(
-            "2",
-            "  bare run split: fetch / parse / start-up+login (s)",
-            "-",
-            f"{bare_info['fetch_s']:.1f} / {bare_info['parse_s']:.1f} / "
-            f"{bare_info['import_s'] + bare_info['connect_s']:.1f}",
-        )
-    )
-    rows.append(
-        Row(
-            "2",
-            "  peak RSS: scan / bare",
-            "-",
-            f"{scan.maxrss_mb:.0f} MB / {bare.maxrss_mb:.0f} MB "
-            f"({summary.get('risky', '?')} risky, {summary.get('labelled', '?')} labelled, "
-            f"{summary.get('fetch_commands', '?')} FETCH commands)",
-        )
-    )
     rss_ratio = scan.maxrss_mb / scan_small.maxrss_mb
+    n = bare_info["messages"]
     m = small_summary["new_messages"]
-    rows.append(
-        Row(
-            "3",
-            f"peak RSS of first scan: {n:,} / {m:,} msgs",
-            f"<= {RSS_SCALE_TARGET}x",
-            f"{rss_ratio:.2f}x ({scan.maxrss_mb:.0f} MB vs {scan_small.maxrss_mb:.0f} MB)",
-            rss_ratio <= RSS_SCALE_TARGET,
-        )
+    rows.extend(
+        [
+            Row(
+                "2",
+                f"first scan of {n:,} msgs: `inbox-guard scan` / bare FETCH+parse (wall)",
+                f"<= {FIRST_SCAN_TARGET}x",
+                f"{ratio:.2f}x ({scan.wall_s:.1f} s = {n / scan.wall_s:.0f} msg/s vs "
+                f"{bare.wall_s:.1f} s = {n / bare.wall_s:.0f} msg/s)",
+                ratio <= FIRST_SCAN_TARGET,
+                {"scan": summary, "bare": bare_info, "scan_cpu_s": scan.cpu_s},
+            ),
+            Row(
+                "2",
+                "  same, CPU time (less sensitive to other load on the machine)",
+                "-",
+                f"{scan.cpu_s / bare.cpu_s:.2f}x ({scan.cpu_s:.1f} s vs {bare.cpu_s:.1f} s)",
+            ),
+            Row(
+                "2",
+                "  bare run split: fetch / parse / start-up+login (s)",
+                "-",
+                f"{bare_info['fetch_s']:.1f} / {bare_info['parse_s']:.1f} / "
+                f"{bare_info['import_s'] + bare_info['connect_s']:.1f}",
+            ),
+            Row(
+                "2",
+                "  peak RSS: scan / bare",
+                "-",
+                f"{scan.maxrss_mb:.0f} MB / {bare.maxrss_mb:.0f} MB "
+                f"({summary.get('risky', '?')} risky, {summary.get('labelled', '?')} labelled, "
+                f"{summary.get('fetch_commands', '?')} FETCH commands)",
+            ),
+            Row(
+                "3",
+                f"peak RSS of first scan: {n:,} / {m:,} msgs",
+                f"<= {RSS_SCALE_TARGET}x",
+                f"{rss_ratio:.2f}x ({scan.maxrss_mb:.0f} MB vs {scan_small.maxrss_mb:.0f} MB)",
+                rss_ratio <= RSS_SCALE_TARGET,
+            ),
+        ]
     )
     return {"bare": bare, "scan": scan, "small": scan_small}
 

@@ -147,6 +147,16 @@ def _rows_for(
     return msg_rows, find_rows, thread_rows, ref_rows
 
 
+def _every(step: timedelta, days: int) -> list[datetime]:
+    """Times from ``days`` before NOW, one ``step`` apart, each a whole step before NOW."""
+    times = []
+    t = NOW - timedelta(days=days)
+    while t < NOW - step:
+        times.append(t)
+        t += step
+    return times
+
+
 def populate(store: Any, messages: int, days: int, seed: int) -> dict[str, int]:
     from guard import store as st
 
@@ -162,45 +172,39 @@ def populate(store: Any, messages: int, days: int, seed: int) -> dict[str, int]:
         for m in msg_rows
         if m["thread_id"] in flagged_threads
     ]
-    runs = []
-    t = NOW - timedelta(days=days)
-    while t < NOW - timedelta(minutes=5):
-        runs.append(
-            {
-                "account": "default",
-                "started_at": t,
-                "finished_at": t + timedelta(seconds=1),
-                "dry_run": False,
-                "fetched": 0,
-                "new_messages": 0,
-                "risky": 0,
-                "labelled": 0,
-                "error": None,
-            }
-        )
-        t += timedelta(minutes=5)
-    digests = []
-    day = NOW - timedelta(days=days)
-    while day < NOW - timedelta(days=1):
-        digests.append(
-            {
-                "account": "default",
-                "period_start": day,
-                "period_end": day + timedelta(days=1),
-                "recipient": "sam@personal.example",
-                "subject": "inbox-guard digest",
-                "message_id": f"<digest-{day:%Y%m%d}@novak-dev.example>",
-                "text_body": "x" * 3000,
-                "html_body": "<p>x</p>" * 600,
-                "threads": 3,
-                "status": "sent",
-                "attempts": 1,
-                "last_error": None,
-                "created_at": day + timedelta(days=1),
-                "sent_at": day + timedelta(days=1),
-            }
-        )
-        day += timedelta(days=1)
+    runs = [
+        {
+            "account": "default",
+            "started_at": t,
+            "finished_at": t + timedelta(seconds=1),
+            "dry_run": False,
+            "fetched": 0,
+            "new_messages": 0,
+            "risky": 0,
+            "labelled": 0,
+            "error": None,
+        }
+        for t in _every(timedelta(minutes=5), days)
+    ]
+    digests = [
+        {
+            "account": "default",
+            "period_start": day,
+            "period_end": day + timedelta(days=1),
+            "recipient": "sam@personal.example",
+            "subject": "inbox-guard digest",
+            "message_id": f"<digest-{day:%Y%m%d}@novak-dev.example>",
+            "text_body": "x" * 3000,
+            "html_body": "<p>x</p>" * 600,
+            "threads": 3,
+            "status": "sent",
+            "attempts": 1,
+            "last_error": None,
+            "created_at": day + timedelta(days=1),
+            "sent_at": day + timedelta(days=1),
+        }
+        for day in _every(timedelta(days=1), days)
+    ]
     tables: Sequence[tuple[Any, list[dict[str, Any]]]] = (
         (st.StoredMessage, msg_rows),
         (st.StoredFinding, find_rows),

@@ -11,6 +11,9 @@ on bad input, configuration or usage, with a one-line ``inbox-guard: error: ...`
 stderr naming what was wrong.
 Everything a message contains is untrusted: it never reaches rich markup, and control,
 format (bidi, zero-width) and other invisible characters are shown as escapes.
+
+The top layer: may import every package of ``guard``; nothing imports it but
+``guard.__main__`` (checked by ``tests/unit/test_layers.py``).
 """
 
 from __future__ import annotations

@@ -152,9 +152,7 @@ def export(
         error(str(exc))
         _list_threads(exc.matches)
         raise typer.Exit(2) from None
-    except reports.ExportError as exc:
-        fail(str(exc), 1)
-    except StoreError as exc:
+    except (reports.ExportError, StoreError) as exc:
         fail(str(exc), 1)
     finally:
         source.close()

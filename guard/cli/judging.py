@@ -30,6 +30,12 @@ from guard.reports import clean, json_line
 
 # --------------------------------------------------------------------------- check
 
+# ``--rules``, the same option for ``check`` and ``eval``.
+RulesOption = Annotated[
+    list[Path] | None,
+    typer.Option("--rules", metavar="FILE", help="Extra rules file (TOML); repeatable."),
+]
+
 
 def _message_record(name: str, msg: Any, verdict: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
@@ -99,10 +105,7 @@ def check(
     fmt: Annotated[
         Format, typer.Option("--format", "-f", help="text or json (JSON Lines).")
     ] = Format.text,
-    rules: Annotated[
-        list[Path] | None,
-        typer.Option("--rules", metavar="FILE", help="Extra rules file (TOML); repeatable."),
-    ] = None,
+    rules: RulesOption = None,
     min_risk: Annotated[
         Level, typer.Option("--min-risk", help="Only print messages at or above this risk.")
     ] = Level.none,
@@ -175,10 +178,7 @@ def eval_command(
             show_default=False,
         ),
     ],
-    rules: Annotated[
-        list[Path] | None,
-        typer.Option("--rules", metavar="FILE", help="Extra rules file (TOML); repeatable."),
-    ] = None,
+    rules: RulesOption = None,
     min_risk: Annotated[
         Level, typer.Option("--min-risk", help="A message counts as flagged at this risk.")
     ] = Level.low,

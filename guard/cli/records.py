@@ -60,9 +60,7 @@ def digest(
         sys.stdout.write(f"Subject: {clean(rendered.subject)}\n\n")
         sys.stdout.write(rendered.html if html else clean(rendered.text, multiline=True))
         sys.stdout.write("\n")
-    except reports.DigestError as exc:
-        fail(str(exc), 1)
-    except StoreError as exc:
+    except (reports.DigestError, StoreError) as exc:
         fail(str(exc), 1)
     finally:
         store.close()

@@ -32,7 +32,6 @@ from guard.evaluation.metrics import (
 from guard.evaluation.report import (
     render_misses,
     render_table,
-    render_table_markdown,
     table_legend,
     table_to_dict,
 )
@@ -249,7 +248,7 @@ def run_table(
     if fmt == "json":
         return table_to_dict(rows, summaries, min_risk, found), errors, status
     if fmt == "markdown":
-        lines = render_table_markdown(rows, summaries)
+        lines = render_table(rows, summaries, markdown=True)
     else:
         total = sum(len(o) for o in run.outcomes.values())
         lines = render_table(rows, summaries)

@@ -2,7 +2,7 @@
 
 The labelled report (:func:`render_report`), the unlabelled one
 (:func:`render_unlabelled`), the corpus table (:func:`render_table`,
-:func:`render_table_markdown`, :func:`table_legend`) and its miss lists
+:func:`table_legend`) and its miss lists
 (:func:`render_misses`); ``*_to_dict`` give the same as JSON-ready data (figures rounded
 to 4 places). Evidence is shortened to one line here; escaping for the terminal is the
 command line's.
@@ -261,9 +261,14 @@ def render_table(
     rows: Sequence[CorpusRow],
     summaries: Sequence[CorpusRow] = (),
     categories: Sequence[str] = CATEGORIES,
+    *,
+    markdown: bool = False,
 ) -> list[str]:
-    """The fixed-width table, one string per line (corpus rows, a rule, summary rows)."""
+    """The table, one string per line: fixed-width (corpus rows, a rule, summary rows), or
+    with ``markdown`` a Markdown (GitHub) table whose summary rows are in italics."""
     headers = _headers(categories)
+    if markdown:
+        return _markdown_table(headers, rows, summaries, categories)
     name_width = max([len("corpus"), *(len(r.corpus) for r in [*rows, *summaries])])
 
     def line(name: str, cells: Sequence[str]) -> str:
@@ -279,13 +284,12 @@ def render_table(
     return lines
 
 
-def render_table_markdown(
+def _markdown_table(
+    headers: Sequence[tuple[str, str, int]],
     rows: Sequence[CorpusRow],
-    summaries: Sequence[CorpusRow] = (),
-    categories: Sequence[str] = CATEGORIES,
+    summaries: Sequence[CorpusRow],
+    categories: Sequence[str],
 ) -> list[str]:
-    """The same table as a Markdown (GitHub) table; summary rows in italics."""
-    headers = _headers(categories)
     lines = [
         "| corpus | " + " | ".join(h for _, h, _ in headers) + " |",
         "|---|" + "---:|" * len(headers),

@@ -7,6 +7,10 @@ only ever added (keywords, Gmail labels, or a copy into a label folder).
 Errors are raised as :class:`ImapError` with a one-line reason a user can act on
 (DNS, refused, TLS, login, timeout, folder missing, connection lost). No password or token
 is ever part of a message.
+
+At about 550 lines this is one cohesive thing on purpose: the ``Connection`` class, the
+only code that speaks IMAP, with the error translation every command shares. Splitting
+its commands across modules would scatter one protocol's rules.
 """
 
 from __future__ import annotations

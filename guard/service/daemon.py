@@ -15,6 +15,10 @@ message is still being judged after that (a parse the guard cannot interrupt), t
 process exits without it, and without ever writing to a store it has closed: that message
 is simply judged again at the next start. SIGHUP reloads the configuration and rules (a
 broken new file is reported and the old one kept).
+
+At about 550 lines this is one cohesive thing: the ``Daemon`` (its jobs, IDLE watchers,
+signal handling and reload share the same state and locks). The retry delays come from
+``guard.errors.retry_delay`` and IMAP from ``guard.mailbox``.
 """
 
 from __future__ import annotations

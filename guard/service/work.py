@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,14 +35,7 @@ class FolderSummary:
     unchanged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "fetched": self.fetched,
-            "new_messages": self.new_messages,
-            "risky": self.risky,
-            "uidvalidity": self.uidvalidity,
-            "uidvalidity_reset": self.uidvalidity_reset,
-            "unchanged": self.unchanged,
-        }
+        return asdict(self)  # every field, in field order
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from sqlmodel import select
+from support import flagged
 from support.servers import CertPair, MailAccount, SmtpMessage, SmtpSink
 
 from guard import reports as dg
@@ -97,51 +98,34 @@ def add_thread(
     risk: str = "high",
     updated_at: datetime = T0,
 ) -> None:
-    with store.session() as session:
-        message = st.StoredMessage(
-            account=ACCOUNT,
-            folder="INBOX",
-            uidvalidity=1,
-            uid=abs(hash(thread_id)) % 1_000_000,
-            content_hash=thread_id,
-            thread_id=thread_id,
-            date=updated_at - timedelta(minutes=5),
-            sender=sender,
-            sender_name=sender_name,
-            subject=subject,
-            risk=risk,
-            score=8.0,
-            categories=category,
-            first_seen_at=updated_at,
-        )
-        session.add(message)
-        session.flush()
-        assert message.id is not None
-        session.add(
-            st.StoredFinding(
-                message_pk=message.id,
-                rule="payment.pay-directly",
-                category=category,
-                score=4.0,
-                where="body",
-                evidence=evidence,
-                explanation="Paying directly means outside the platform's escrow.",
-            )
-        )
-        session.add(
-            st.Thread(
-                account=ACCOUNT,
-                thread_id=thread_id,
-                risk=risk,
-                score=8.0,
-                categories=category,
-                labels=f"{category}\nlevel:{risk}",
-                subject=subject,
-                first_date=message.date,
-                last_date=message.date,
-                updated_at=updated_at,
-            )
-        )
+    """A thread of one message with one finding (rule payment.pay-directly)."""
+    message = {
+        "date": updated_at - timedelta(minutes=5),
+        "sender": sender,
+        "sender_name": sender_name,
+        "findings": [("payment.pay-directly", category, evidence)],
+    }
+    flagged.add_thread(
+        store,
+        thread_id,
+        updated_at=updated_at,
+        risk=risk,
+        categories=(category,),
+        subject=subject,
+        messages=[message],
+        account=ACCOUNT,
+    )
+
+
+def digest_sent_once(
+    store: st.Store, config: Config, thread_id: str = "t1", subject: str = SUBJECT, hours: int = 1
+) -> dg.SendResult:
+    """Records a flagged thread, builds the digest ``hours`` after T0 (an hour after the
+    thread's last change) and sends what is pending: the one result."""
+    add_thread(store, thread_id, subject, updated_at=T0 + timedelta(hours=hours - 1))
+    dg.build_digest(store, config, now=T0 + timedelta(hours=hours))
+    (result,) = dg.send_pending(store, config)
+    return result
 
 
 def digest_rows(store: st.Store) -> list[st.Digest]:
@@ -215,10 +199,7 @@ def test_wrong_password_leaves_the_digest_pending_with_a_clean_error(
     sink = smtp_sink_factory(require_starttls=True, require_auth=True)
     wrong = "Wrong-Secret-9f3c2e"
     config = sink_config(store, sink, tmp_path, password=wrong)
-    add_thread(store, "t1", SUBJECT)
-    dg.build_digest(store, config, now=T0 + timedelta(hours=1))
-
-    (result,) = dg.send_pending(store, config)
+    result = digest_sent_once(store, config)
     assert not result.sent and result.attempts == 1
     (row,) = digest_rows(store)
     assert row.status == "pending" and row.attempts == 1
@@ -237,9 +218,7 @@ def test_non_ascii_password_is_a_clean_error_that_quotes_none_of_it(
     store: st.Store, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
     config = sink_config(store, smtp_sink, tmp_path, password="pässwörd-ß")
-    add_thread(store, "t1", SUBJECT)
-    dg.build_digest(store, config, now=T0 + timedelta(hours=1))
-    (result,) = dg.send_pending(store, config)
+    result = digest_sent_once(store, config)
     assert not result.sent
     assert result.error == (
         f"cannot send non-ASCII text to 127.0.0.1:{smtp_sink.port} while logging in "
@@ -280,9 +259,7 @@ def test_starttls_that_is_not_offered_is_an_error_not_a_fallback(
 ) -> None:
     sink = smtp_sink_factory()  # plain SMTP, no STARTTLS, no AUTH
     config = make_config(store, port=sink.port)
-    add_thread(store, "t1", SUBJECT)
-    dg.build_digest(store, config, now=T0 + timedelta(hours=1))
-    (result,) = dg.send_pending(store, config)
+    result = digest_sent_once(store, config)
     assert not result.sent
     assert "does not offer STARTTLS; not sending in clear" in (result.error or "")
     settle(sink, 0.1)
@@ -293,9 +270,7 @@ def test_untrusted_certificate_is_refused(
     store: st.Store, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
     config = make_config(store, port=smtp_sink.port)  # no ca_file: the system CAs only
-    add_thread(store, "t1", SUBJECT)
-    dg.build_digest(store, config, now=T0 + timedelta(hours=1))
-    (result,) = dg.send_pending(store, config)
+    result = digest_sent_once(store, config)
     assert not result.sent
     assert (result.error or "").startswith(
         f"TLS certificate of 127.0.0.1:{smtp_sink.port} not accepted"
@@ -395,18 +370,14 @@ def test_xoauth2_over_implicit_tls(
         oauth2_token_command=f"cat {token_file}",
         ca_file=tls_cert.ca_file,
     )
-    add_thread(store, "t1", SUBJECT)
-    dg.build_digest(store, config, now=T0 + timedelta(hours=1))
-    (result,) = dg.send_pending(store, config)
+    result = digest_sent_once(store, config)
     assert result.sent and result.error is None
     assert len(handler.messages) == 1
     assert b"multipart/alternative" in handler.messages[0]
 
     # an expired token: the server's JSON challenge is answered and the failure is clean
     token_file.write_text("expired-token-0000\n")
-    add_thread(store, "t2", "Second thread", updated_at=T0 + timedelta(hours=2))
-    dg.build_digest(store, config, now=T0 + timedelta(hours=3))
-    (failed,) = dg.send_pending(store, config)
+    failed = digest_sent_once(store, config, "t2", "Second thread", hours=3)
     assert not failed.sent
     assert failed.error == (
         f"SMTP login as guard@work.example refused by 127.0.0.1:{port} (535 5.7.8); "

@@ -15,13 +15,12 @@ import json
 import os
 import zipfile
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 from support.cli import run_cli
 from support.configs import imap_section, secret_file, smtp_section, write_config
+from support.mail import make
 from support.servers import Dovecot, MailAccount, SmtpSink
 
 CLIENT = "Jake Morrow <jake@morrow-goods.example>"
@@ -45,20 +44,17 @@ def mail(
     reply_to: str | None = None,
     attachment: tuple[str, bytes] | None = None,
 ) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime(2026, 11, 16 + n, 9, 30, tzinfo=UTC))
-    msg["Message-ID"] = f"<dispute-{n}@morrow-goods.example>"
-    if reply_to:
-        msg["In-Reply-To"] = reply_to
-        msg["References"] = reply_to
-    msg.set_content(body)
-    if attachment:
-        name, data = attachment
-        msg.add_attachment(data, maintype="application", subtype="zip", filename=name)
-    return bytes(msg)
+    raw, _ = make(
+        sender=sender,
+        to=to,
+        subject=subject,
+        body=body,
+        msgid=f"<dispute-{n}@morrow-goods.example>",
+        reply_to_msg=reply_to,
+        date=datetime(2026, 11, 16 + n, 9, 30, tzinfo=UTC),
+        attachment=(attachment[0], "application/zip", attachment[1]) if attachment else None,
+    )
+    return raw
 
 
 def seed_dispute(acct: MailAccount) -> dict[str, list[int]]:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from support.cli import CLI, run_cli
 from support.configs import raw_config, write_config
+from support.db import db_rows
 from support.mail import CONTACT_BODY, harmless, make, mixed, risky_payment
 from support.servers import MailAccount
 
@@ -33,14 +34,6 @@ DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
 def scan_json(config: Path, *extra: str) -> dict[str, Any]:
     proc = run_cli("scan", "--config", str(config), "--format", "json", *extra, check=True)
     return json.loads(proc.stdout)
-
-
-def db_rows(config: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(config.parent / "guard.sqlite3")
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 def guard_keywords(flags: set[str]) -> set[str]:

@@ -10,7 +10,6 @@ until it is freed), never timed.
 
 from __future__ import annotations
 
-import sqlite3
 import weakref
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 from support.configs import write_config
+from support.db import db_rows
 from support.mail import harmless, make, risky_payment
 from support.servers import MailAccount
 
@@ -46,14 +46,6 @@ def run_scan(config_path: Path) -> ScanSummary:
         return scan(ScanSettings.from_config(config), store, load_rules())
     finally:
         store.close()
-
-
-def db_rows(config: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(config.parent / "guard.sqlite3")
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 def guard_keywords(acct: MailAccount) -> dict[int, set[str]]:

@@ -34,8 +34,9 @@ def make(
     reply_to_msg: str | None = None,
     references: list[str] | None = None,
     date: datetime | None = None,
+    attachment: tuple[str, str, bytes] | None = None,
 ) -> tuple[bytes, str]:
-    """A message and its Message-ID."""
+    """A message and its Message-ID; ``attachment`` is (file name, MIME type, content)."""
     n = next(_counter)
     msg = EmailMessage()
     msg["From"] = sender
@@ -48,6 +49,10 @@ def make(
         msg["In-Reply-To"] = reply_to_msg
         msg["References"] = " ".join([*(references or []), reply_to_msg])
     msg.set_content(body)
+    if attachment:
+        filename, mime_type, data = attachment
+        maintype, subtype = mime_type.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return bytes(msg), msgid
 
 

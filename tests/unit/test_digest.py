@@ -11,18 +11,18 @@ import email.policy
 import re
 import smtplib
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 from sqlmodel import select
+from support.flagged import add_thread
 
 from guard import reports as dg
 from guard import store as st
@@ -94,79 +94,6 @@ def store(tmp_path: Path) -> Iterator[st.Store]:
 @pytest.fixture
 def config(store: st.Store) -> Config:
     return make_config(store)
-
-
-_uid = iter(range(1, 1_000_000))
-
-
-def add_thread(
-    store: st.Store,
-    thread_id: str,
-    *,
-    updated_at: datetime,
-    risk: str = "high",
-    categories: Sequence[str] = ("off_platform_payment",),
-    subject: str = "Project budget",
-    messages: Sequence[dict[str, Any]] | None = None,
-    account: str = ACCOUNT,
-) -> None:
-    """A thread row plus its messages and findings, as a scan would have left them."""
-    messages = messages or [{}]
-    with store.session() as session:
-        dates = []
-        for i, spec in enumerate(messages):
-            date = spec.get("date", updated_at - timedelta(minutes=10 * (len(messages) - i)))
-            dates.append(date)
-            row = st.StoredMessage(
-                account=account,
-                folder=spec.get("folder", "INBOX"),
-                uidvalidity=1,
-                uid=next(_uid),
-                direction=spec.get("direction", "in"),
-                content_hash=f"h{thread_id}{i}",
-                thread_id=thread_id,
-                date=date,
-                sender=spec.get("sender", "client@client.example"),
-                sender_name=spec.get("sender_name", "A Client"),
-                subject=spec.get("subject", subject if i == 0 else f"Re: {subject}"),
-                risk=spec.get("risk", risk),
-                score=8.0,
-                categories=",".join(categories),
-                first_seen_at=spec.get("first_seen_at", updated_at),
-            )
-            session.add(row)
-            session.flush()
-            assert row.id is not None
-            for finding in spec.get(
-                "findings",
-                [("payment.pay-directly", categories[0], "I can pay you directly via PayPal")],
-            ):
-                rule, category, evidence = finding
-                session.add(
-                    st.StoredFinding(
-                        message_pk=row.id,
-                        rule=rule,
-                        category=category,
-                        score=3.5,
-                        where="body",
-                        evidence=evidence,
-                        explanation=f"Explanation of {rule}:\nkeep it on the platform.",
-                    )
-                )
-        session.add(
-            st.Thread(
-                account=account,
-                thread_id=thread_id,
-                risk=risk,
-                score=8.0,
-                categories=",".join(categories),
-                labels="\n".join([*categories, f"level:{risk}"]),
-                subject=subject,
-                first_date=min(dates),
-                last_date=max(dates),
-                updated_at=updated_at,
-            )
-        )
 
 
 def add_phishing_thread(

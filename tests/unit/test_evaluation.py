@@ -28,7 +28,6 @@ from guard.evaluation import (
     render_misses,
     render_report,
     render_table,
-    render_table_markdown,
     render_unlabelled,
     report_to_dict,
     summarize,
@@ -428,7 +427,7 @@ def test_render_table_text_markdown_json() -> None:
     assert lines[4].startswith("---")
     assert lines[5].split()[:3] == ["writers", "(mean)", "-"]
     assert len({len(line) for line in lines[:2]}) == 1
-    md = render_table_markdown(rows, summaries)
+    md = render_table(rows, summaries, markdown=True)
     assert md[0].startswith("| corpus | msgs | mF1 |")
     assert md[2].startswith("| writers/x | 6 | 0.58 | 0.75 | 50.0% | 0.50 (2) |")
     assert md[-1].startswith("| *writers (pooled)* | 6 |")

@@ -20,14 +20,13 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from support.mail import make
 
 from guard import reports as ex
 from guard import store as st
@@ -57,31 +56,32 @@ class Tags(HTMLParser):
         self.attributes.update(name for name, _value in attrs)
 
 
+MESSAGE_FIELDS = {
+    "subject": "Logo design",
+    "body": "Hello",
+    "sender": "Jake Morrow <jake@client.example>",
+    "to": "me@work.example",
+}
+
+
 def message(
     n: int,
     *,
-    subject: str = "Logo design",
-    body: str = "Hello",
-    sender: str = "Jake Morrow <jake@client.example>",
-    to: str = "me@work.example",
     attachment: tuple[str, bytes] | None = None,
     reply_to: str | None = None,
+    **fields: str,
 ) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime(2026, 11, 20, 9, n, tzinfo=UTC))
-    msg["Message-ID"] = f"<m{n}@client.example>"
-    if reply_to:
-        msg["In-Reply-To"] = reply_to
-        msg["References"] = reply_to
-    msg.set_content(body)
-    if attachment:
-        msg.add_attachment(
-            attachment[1], maintype="application", subtype="pdf", filename=attachment[0]
-        )
-    return bytes(msg)
+    """Message ``n`` (sent at 9:``n`` on 20 November 2026); ``fields`` replace any of
+    MESSAGE_FIELDS; ``attachment`` (file name, content) goes in as a PDF."""
+    pdf = (attachment[0], "application/pdf", attachment[1]) if attachment else None
+    raw, _ = make(
+        msgid=f"<m{n}@client.example>",
+        date=datetime(2026, 11, 20, 9, n, tzinfo=UTC),
+        reply_to_msg=reply_to,
+        attachment=pdf,
+        **(MESSAGE_FIELDS | fields),
+    )
+    return raw
 
 
 def sha(data: bytes) -> str:

@@ -54,28 +54,40 @@ def test_attributions_in_other_languages(attribution):
     assert "paga" not in parts.new
 
 
-def test_attribution_wrapped_over_two_lines():
-    body = (
-        "Sounds good.\n\nOn Mon, 3 Feb 2025 at 10:02, Rosa Benedetti\n"
-        "<rosa@foto.example> wrote:\n\n> call me on WhatsApp\n"
-    )
+@pytest.mark.parametrize(
+    ("body", "new", "quoted_word"),
+    [
+        pytest.param(
+            "Sounds good.\n\nOn Mon, 3 Feb 2025 at 10:02, Rosa Benedetti\n"
+            "<rosa@foto.example> wrote:\n\n> call me on WhatsApp\n",
+            "Sounds good.",
+            "WhatsApp",
+            id="attribution-wrapped-over-two-lines",
+        ),
+        pytest.param(
+            "No problem, I will keep it on Upwork.\n\n"
+            "From: Dana Client <dana@client.example>\n"
+            "Sent: Monday, March 3, 2025 10:00 AM\n"
+            "To: Ana <ana@work.example>\n"
+            "Subject: payment\n\n"
+            "Can I pay you via PayPal outside Upwork?\n",
+            "No problem, I will keep it on Upwork.",
+            "PayPal",
+            id="outlook-header-block-without-quote-marks",
+        ),
+        pytest.param(
+            "> Can we talk on Telegram?\nNo, let's stay here.\n"
+            "> And the budget?\nFine as agreed.\n",
+            "No, let's stay here.\nFine as agreed.",
+            "Telegram",
+            id="inline-reply-keeps-the-authors-answers",
+        ),
+    ],
+)
+def test_quoted_history_is_told_apart_from_the_new_text(body, new, quoted_word):
     parts = split(body)
-    assert parts.new == "Sounds good."
-    assert "WhatsApp" in parts.quoted
-
-
-def test_outlook_header_block_without_quote_marks_is_history():
-    body = (
-        "No problem, I will keep it on Upwork.\n\n"
-        "From: Dana Client <dana@client.example>\n"
-        "Sent: Monday, March 3, 2025 10:00 AM\n"
-        "To: Ana <ana@work.example>\n"
-        "Subject: payment\n\n"
-        "Can I pay you via PayPal outside Upwork?\n"
-    )
-    parts = split(body)
-    assert "PayPal" in parts.quoted
-    assert parts.new == "No problem, I will keep it on Upwork."
+    assert parts.new == new
+    assert quoted_word in parts.quoted
 
 
 def test_forwarded_message_is_history():
@@ -85,13 +97,6 @@ def test_forwarded_message_is_history():
     )
     parts = split(body)
     assert "vendor" in parts.quoted and "vendor" not in parts.new
-
-
-def test_inline_reply_keeps_the_authors_answers_as_new_text():
-    body = "> Can we talk on Telegram?\nNo, let's stay here.\n> And the budget?\nFine as agreed.\n"
-    parts = split(body)
-    assert parts.new == "No, let's stay here.\nFine as agreed."
-    assert "Telegram" in parts.quoted
 
 
 def test_sig_delimiter_and_company_signature():
