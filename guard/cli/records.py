@@ -91,9 +91,15 @@ def findings(
         bool, typer.Option("--all", help="Include threads below the labelling level.")
     ] = False,
 ) -> None:
-    """List the flagged threads the store holds, riskiest first."""
+    """List the flagged threads the store holds, riskiest first, and those you reported."""
     from guard import store as st
     from guard.policy import LEVELS, level_at_least
+    from guard.reports.selection import (
+        flagged_categories,
+        hidden_as_safe,
+        reported_threads,
+        with_reported,
+    )
 
     config = config_or_fail(config_path)
     since_dt = parse_since(since)
@@ -103,7 +109,11 @@ def findings(
     out = sys.stdout
     try:
         with store.session() as session:
-            threads = st.threads_since(session, None, since_dt, levels)
+            threads = with_reported(
+                st.threads_since(session, None, since_dt, levels),
+                reported_threads(session, None, active_since=since_dt),
+            )
+            threads = [t for t in threads if not hidden_as_safe(t, flagged_categories(t))]
             for thread in threads:
                 members = st.thread_messages(session, thread.account, thread.thread_id)
                 found = st.findings_for(session, [m.id for m in members if m.id is not None])
@@ -126,7 +136,9 @@ def _thread_record(thread: Any, members: list[Any], found: dict[int, list[Any]])
         "thread": thread.thread_id,
         "risk": thread.risk,
         "score": thread.score,
-        "categories": list(thread.category_list),
+        "categories": [c for c in thread.category_list if c not in thread.safe_category_list],
+        "safe_categories": list(thread.safe_category_list),
+        "reported": thread.reported,
         "labels": list(thread.label_list),
         "subject": thread.subject,
         "first_date": _iso(thread.first_date),
@@ -166,9 +178,12 @@ def _thread_record(thread: Any, members: list[Any], found: dict[int, list[Any]])
 def _print_thread(record: dict[str, Any]) -> None:
     out = sys.stdout
     cats = ", ".join(record["categories"]) or "-"
+    reported = "  (reported by you)" if record["reported"] else ""
+    safe = ", ".join(record["safe_categories"])
+    safe = f"  marked safe: {safe}" if safe else ""
     out.write(
-        f"[{record['risk'].upper()}] {clean(record['subject'])[:90]}\n"
-        f"  thread {record['thread']}  categories: {cats}\n"
+        f"[{record['risk'].upper()}] {clean(record['subject'])[:90]}{reported}\n"
+        f"  thread {record['thread']}  categories: {cats}{safe}\n"
     )
     for m in record["messages"]:
         who = f"to {', '.join(m['to'][:3])}" if m["direction"] == "out" else f"from {m['from']}"

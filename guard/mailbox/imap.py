@@ -2,7 +2,8 @@
 
 Everything here keeps the mailbox as the user left it: messages are fetched with
 ``BODY.PEEK[]`` (``\\Seen`` is never set), nothing is deleted, expunged or moved. Labels are
-only ever added (keywords, Gmail labels, or a copy into a label folder).
+only ever added (keywords, Gmail labels, or a copy into a label folder). The one exception,
+the user's corrections (put a message back, take a label away), lives in ``corrections``.
 
 Errors are raised as :class:`ImapError` with a one-line reason a user can act on
 (DNS, refused, TLS, login, timeout, folder missing, connection lost). No password or token
@@ -32,19 +33,12 @@ import imapclient.imapclient
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from guard.errors import GuardError, Kind
 from guard.mail import msgid
+from guard.mailbox.corrections import Corrections
+from guard.mailbox.errors import ImapError
 from guard.mailbox.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-
-class ImapError(GuardError):
-    """A failure talking to the server. ``kind`` is one of: dns, refused, tls, login,
-    timeout, folder, protocol, network, config (the secret could not be read)."""
-
-    def __init__(self, kind: Kind | str, message: str) -> None:
-        super().__init__(message, kind=kind)
 
 
 @dataclass(frozen=True)
@@ -146,7 +140,7 @@ def describe(exc: BaseException, settings: ServerSettings) -> ImapError:
     return ImapError("protocol", f"unexpected IMAP failure with {where}: {type(exc).__name__}")
 
 
-class Connection:
+class Connection(Corrections):
     """One logged-in IMAP session. Use as a context manager."""
 
     def __init__(self, settings: ServerSettings) -> None:
@@ -473,7 +467,9 @@ class Connection:
         self, renew: float, stop: Callable[[], bool] = lambda: False, poll: float = 1.0
     ) -> bool:
         """Wait in IDLE on the selected folder: True as soon as the server reports new
-        mail (EXISTS or RECENT), False once ``renew`` seconds have passed or ``stop()`` is
+        mail (EXISTS or RECENT) or a message gone (EXPUNGE: perhaps dragged into a feedback
+        folder, which the next scan takes at once), False once ``renew`` seconds have
+        passed or ``stop()`` is
         true (looked at every ``poll`` seconds). IDLE is then ended with DONE, a round
         trip that proves the connection alive: a connection that died without a FIN fails
         it within the timeout. Raises ImapError when the server ends the session or the
@@ -489,7 +485,7 @@ class Connection:
             except ValueError:  # imaplib reading from a socket cut meanwhile
                 raise ImapError("network", "the IDLE connection was closed") from None
             for response in responses:
-                if len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT"):
+                if len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT", b"EXPUNGE"):
                     new_mail = True
                 if response and response[0] == b"BYE":
                     raise ImapError("network", "the server ended the IDLE session")

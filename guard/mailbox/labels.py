@@ -63,30 +63,49 @@ def level_label(risk: str) -> Label:
 
 
 UNCHECKED_LABEL = Label(UNCHECKED_CATEGORY, "Unchecked")
+REPORTED_LABEL = Label("reported", "Reported")
+"""A thread the user reported (moved to Guard/Report): kept until the report is forgotten."""
 
-THREAD_LABELS: tuple[Label, ...] = tuple(
-    [category_label(c) for c in CATEGORIES] + [level_label(r) for r in LEVELS[1:]]
+THREAD_LABELS: tuple[Label, ...] = (
+    *(category_label(c) for c in CATEGORIES),
+    *(level_label(r) for r in LEVELS[1:]),
+    REPORTED_LABEL,
 )
 # Every label the guard may write: the thread labels and the unchecked message label.
 ALL_LABELS: tuple[Label, ...] = (*THREAD_LABELS, UNCHECKED_LABEL)
 
 
 def thread_labels(
-    messages: Iterable[tuple[str, Iterable[str]]], min_risk: str
+    messages: Iterable[tuple[str, Iterable[str]]],
+    min_risk: str,
+    safe: Iterable[str] = (),
+    reported: bool = False,
 ) -> tuple[str, frozenset[Label]]:
     """The risk of a thread and the labels every message in it gets.
 
     ``messages`` gives (risk, categories) per message. A thread is as risky as its
     riskiest message; only messages at or above ``min_risk`` contribute categories, so a
     low-scoring aside in an otherwise flagged thread does not add a misleading label.
+
+    What the user taught counts first: categories marked ``safe`` are left out (a message
+    flagged only for them counts as harmless), and a ``reported`` thread is labelled
+    Reported and with every category its messages were found to have, whatever their risk.
     """
+    safe_set = frozenset(safe)
     risk = "none"
     cats: set[str] = set()
+    found: set[str] = set()
     for msg_risk, msg_cats in messages:
+        listed = list(msg_cats)
+        msg_cats = [c for c in listed if c not in safe_set]
+        if listed and not msg_cats:
+            msg_risk = "none"  # flagged only for what the user said is fine
+        found.update(c for c in msg_cats if c in CATEGORY_TITLES)
         if LEVELS.index(msg_risk) > LEVELS.index(risk):
             risk = msg_risk
         if msg_risk != "none" and level_at_least(msg_risk, min_risk):
             cats.update(c for c in msg_cats if c in CATEGORY_TITLES)
+    extra = {REPORTED_LABEL, *(category_label(c) for c in found)} if reported else set()
     if risk == "none" or not level_at_least(risk, min_risk):
-        return risk, frozenset()
-    return risk, frozenset({level_label(risk), *(category_label(c) for c in cats)})
+        return risk, frozenset(extra)
+    return risk, frozenset({level_label(risk), *(category_label(c) for c in cats), *extra})

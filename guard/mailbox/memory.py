@@ -4,7 +4,8 @@
 answers the calls of the ``Mailbox`` interface as an IMAP server would where the scan's
 logic depends on it: UIDs only grow, a folder has a UIDVALIDITY, a read-only (EXAMINE)
 folder refuses writes, keywords need ``\\*`` in PERMANENTFLAGS, a COPY needs its target
-folder to exist, and a session that failed is closed. Nothing is ever removed.
+folder to exist, and a session that failed is closed. Messages leave a folder only by the
+user's corrections (MOVE, EXPUNGE of one UID).
 
 For tests it records every command (:attr:`log`), runs hooks before a command
 (:meth:`before`, to look at the store at that moment) and fails a chosen command
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
     from guard.mailbox.protocol import Mailbox
 
 SYSTEM_FLAGS = frozenset({"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"})
-WRITES = frozenset({"STORE", "X-GM-LABELS", "CREATE", "COPY", "APPEND"})
+WRITES = frozenset(
+    {"STORE", "X-GM-LABELS", "CREATE", "COPY", "APPEND", "UNSTORE", "MOVE", "EXPUNGE"}
+)
 _uidvalidities = itertools.count(1_000)
 
 
@@ -305,6 +308,77 @@ class MemoryMailbox:
             token.lower() in str(parser.parsebytes(m.raw).get("Message-ID", "")).lower()
             for m in box.messages.values()
         )
+
+    # -- the user's corrections ----------------------------------------------------------
+
+    @property
+    def can_expunge_one(self) -> bool:
+        return True
+
+    def flags_of(
+        self, uids: Sequence[int], changed_since: int | None = None
+    ) -> dict[int, frozenset[str]]:
+        box = self._selected(Command("FETCH", self._name(), tuple(uids), "FLAGS"))
+        return {u: frozenset(box.messages[u].flags) for u in uids if u in box.messages}
+
+    def gmail_labels_of(self, uids: Sequence[int]) -> dict[int, frozenset[str]]:
+        box = self._selected(Command("FETCH", self._name(), tuple(uids), "X-GM-LABELS"))
+        return {u: frozenset(box.messages[u].gmail_labels) for u in uids if u in box.messages}
+
+    def search_gmail_label(self, label: str) -> list[int]:
+        box = self._selected(Command("SEARCH", self._name(), (), f"X-GM-LABELS {label}"))
+        return sorted(u for u, m in box.messages.items() if label in m.gmail_labels)
+
+    def existing_uids(self, uids: Sequence[int]) -> set[int]:
+        box = self._selected(Command("SEARCH", self._name(), tuple(uids), "UID"))
+        return {u for u in uids if u in box.messages}
+
+    def uids_from(self, first_uid: int) -> list[int]:
+        box = self._selected(Command("SEARCH", self._name(), (), f"UID {first_uid}:*"))
+        return sorted(u for u in box.messages if u >= first_uid)
+
+    def uids_with_message_id(self, message_id: str) -> list[int]:
+        token = msgid.parse_one(message_id)
+        if token is None:
+            return []
+        box = self._selected(Command("SEARCH", self._name(), (), f"Message-ID {token}"))
+        parser = BytesHeaderParser()
+        return sorted(
+            u
+            for u, m in box.messages.items()
+            if token.lower() in str(parser.parsebytes(m.raw).get("Message-ID", "")).lower()
+        )
+
+    def remove_keywords(self, uids: Sequence[int], keywords: Sequence[str]) -> None:
+        self._add_to(
+            Command("UNSTORE", self._name(), tuple(uids), " ".join(keywords)),
+            False,
+            lambda m: m.flags.difference_update(keywords),
+        )
+
+    def remove_gmail_labels(self, uids: Sequence[int], labels: Sequence[str]) -> None:
+        self._add_to(
+            Command("UNSTORE", self._name(), tuple(uids), " ".join(labels)),
+            not self.gmail and "not a Gmail server",
+            lambda m: m.gmail_labels.difference_update(labels),
+        )
+
+    def move(self, uid: int, folder: str) -> None:
+        command = Command("MOVE", folder, (uid,), folder)
+        box = self._selected(command, write=True)
+        target = self._folder(folder, "cannot be moved to ([TRYCREATE])")
+
+        def move() -> None:
+            mail = box.messages.pop(uid, None)
+            if mail is not None:
+                target.add(mail)
+
+        self._effect(command, move)
+
+    def expunge_one(self, uid: int) -> None:
+        command = Command("EXPUNGE", self._name(), (uid,))
+        box = self._selected(command, write=True)
+        self._effect(command, lambda: box.messages.pop(uid, None))
 
     # -- the machinery -------------------------------------------------------------------
 

@@ -3,9 +3,10 @@
 :class:`~guard.mailbox.imap.Connection` is the real one, over IMAP;
 :class:`~guard.mailbox.memory.MemoryMailbox` keeps folders in memory, so that the scan
 cycle's logic (ordering, crash points, thread propagation, dry runs) can be tested without
-a server. Anything written against this interface must keep to what both do: labels are
-only added, never removed; nothing is deleted, expunged or moved; failures are raised as
-:class:`~guard.mailbox.imap.ImapError`.
+a server. Anything written against this interface must keep to what both do: the scan only
+adds labels; removing one, moving a message back and removing one message are the user's
+corrections (``guard.service.feedback``, see ``guard.mailbox.corrections``); failures are
+raised as :class:`~guard.mailbox.imap.ImapError`.
 """
 
 from __future__ import annotations
@@ -55,3 +56,30 @@ class Mailbox(LabelWriter, Protocol):
     def append(self, folder: str, raw: bytes, flags: Sequence[str]) -> None: ...
 
     def find_by_message_id(self, folder: str, message_id: str) -> bool: ...
+
+    # -- the user's corrections (guard.mailbox.corrections) ---------------------------
+
+    @property
+    def can_expunge_one(self) -> bool: ...
+
+    def flags_of(
+        self, uids: Sequence[int], changed_since: int | None = None
+    ) -> dict[int, frozenset[str]]: ...
+
+    def gmail_labels_of(self, uids: Sequence[int]) -> dict[int, frozenset[str]]: ...
+
+    def search_gmail_label(self, label: str) -> list[int]: ...
+
+    def existing_uids(self, uids: Sequence[int]) -> set[int]: ...
+
+    def uids_from(self, first_uid: int) -> list[int]: ...
+
+    def uids_with_message_id(self, message_id: str) -> list[int]: ...
+
+    def remove_keywords(self, uids: Sequence[int], keywords: Sequence[str]) -> None: ...
+
+    def remove_gmail_labels(self, uids: Sequence[int], labels: Sequence[str]) -> None: ...
+
+    def move(self, uid: int, folder: str) -> None: ...
+
+    def expunge_one(self, uid: int) -> None: ...

@@ -36,6 +36,13 @@ from guard.mailbox.labels import CATEGORY_TITLES, LEVEL_TITLES
 from guard.policy.model import CATEGORIES, LEVELS, UNCHECKED_EXPLANATION, UNCHECKED_RULE
 from guard.reports import templating
 from guard.reports.advice import ADVICE, NOT_LEGAL_ADVICE, SUGGESTED_REPLIES
+from guard.reports.selection import (
+    flagged_categories,
+    hidden_as_safe,
+    reported_threads,
+    shown_categories,
+    with_reported,
+)
 from guard.reports.smtp import new_message_id
 from guard.reports.text import display_address, one_line, prose, safe_text
 from guard.reports.views import (
@@ -158,12 +165,31 @@ def _head(m: st.StoredMessage, zone: tzinfo) -> _Head:
 
 
 def _thread_categories(thread: st.Thread) -> tuple[str, ...]:
-    # labels name the categories of the messages at or above min_risk (what got labelled);
-    # the categories column has those of every message of the thread.
-    names = {n for n in thread.label_list if n in CATEGORY_TITLES}
-    if not names:
-        names = {c for c in thread.category_list if c in CATEGORY_TITLES}
-    return tuple(c for c in CATEGORIES if c in names)
+    """What the thread is shown as flagged for: not the categories the user marked safe."""
+    return shown_categories(thread, flagged_categories(thread))
+
+
+def _digest_threads(
+    session: Session, account: str, start: datetime | None, end: datetime, levels: list[str]
+) -> tuple[list[st.Thread], int, int]:
+    """The threads a digest of ``(start, end]`` shows, and how many threads the user
+    marked safe and reported in the period.
+
+    The risky threads changed in the period, and the reported ones changed or reported
+    in it whatever their risk; without those marked safe for everything they were
+    flagged for. Feedback counts rows recorded in ``[start, end)`` (:func:`st.feedback_between`:
+    consecutive periods count each row once), one per thread (or per message not recorded
+    yet)."""
+    given = st.feedback_between(session, account, start, end)
+    safe = {f.thread_id or f"message {f.content_hash}" for f in given if f.kind == "safe"}
+    reported = {f.thread_id or f"message {f.content_hash}" for f in given if f.kind == "report"}
+    ids = [f.thread_id for f in given if f.kind == "report" and f.thread_id]
+    threads = with_reported(
+        st.threads_updated_between(session, account, start, end, levels),
+        reported_threads(session, account, start=start, end=end, thread_ids=ids),
+    )
+    shown = [t for t in threads if not hidden_as_safe(t, flagged_categories(t))]
+    return shown, len(safe), len(reported)
 
 
 def _thread_view(
@@ -182,10 +208,13 @@ def _thread_view(
     explanations: dict[str, Explanation] = {}
     messages: list[DigestMessage] = []
     shown_ids = {m.id for m in shown}
+    safe = set(thread.safe_category_list)  # the user said these are fine on this thread
     for m in members:
         evidence: list[str] = []
         for f in findings.get(m.id or -1, []):
             if f.rule == UNCHECKED_RULE:  # listed in the digest's own unchecked section
+                continue
+            if f.category in safe:
                 continue
             if f.rule not in explanations and f.explanation.strip():
                 explanations[f.rule] = Explanation(
@@ -218,7 +247,8 @@ def _thread_view(
         number=number,
         subject=safe_text(thread.subject, MAX_SUBJECT) or "(no subject)",
         risk=risk,
-        risk_title=LEVEL_TITLES[risk],
+        # a reported thread the guard did not flag is shown, but not as "low risk"
+        risk_title=LEVEL_TITLES.get(thread.risk, "Not flagged"),
         score=thread.score,
         categories=categories,
         category_titles=tuple(CATEGORY_TITLES[c] for c in categories),
@@ -229,6 +259,7 @@ def _thread_view(
         explanations=tuple(explanations.values()),
         advice=tuple(Advice(c, CATEGORY_TITLES[c], ADVICE[c]) for c in categories),
         suggested_reply=SUGGESTED_REPLIES[reply_for] if reply_for else None,
+        reported=thread.reported,
     )
 
 
@@ -241,7 +272,7 @@ def select_digest(
 ) -> DigestContent:
     """What a digest for ``(start, end]`` says (naive UTC times)."""
     zone = _zone(config)
-    threads = st.threads_updated_between(
+    threads, marked_safe, reported = _digest_threads(
         session, account, start, end, _levels_from(config.policy.min_risk)
     )
     scanned, scans = st.scan_totals_between(session, account, start, end)
@@ -250,7 +281,7 @@ def select_digest(
         _thread_view(session, t, i, start, end, zone)
         for i, t in enumerate(threads[:MAX_THREADS], 1)
     )
-    levels = {risk: sum(1 for t in threads if t.risk == risk) for risk in reversed(LEVELS)}
+    levels = {risk: sum(1 for t in threads if t.risk == risk) for risk in reversed(LEVELS[1:])}
     categories: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
     for t in threads:
         for c in _thread_categories(t):
@@ -271,6 +302,8 @@ def select_digest(
         by_category=tuple((c, CATEGORY_TITLES[c], n) for c, n in categories.items() if n),
         unchecked=tuple(unchecked[:MAX_UNCHECKED]),
         total_unchecked=len(unchecked),
+        marked_safe=marked_safe,
+        reported=reported,
     )
 
 

@@ -1,8 +1,12 @@
-"""Which threads of the store an evidence export covers: found by id, subject or address.
+"""Which threads of the store a report covers.
 
-:func:`find_threads` lists the threads matching the criteria; :func:`select_threads` is
-what the ``export`` command asks for: the matches, or one clean error when there are none
-or (without ``several``) more than one.
+An evidence export: :func:`find_threads` lists the threads matching an id, subject or
+address; :func:`select_threads` is what the ``export`` command asks for: the matches, or
+one clean error when there are none or (without ``several``) more than one.
+
+The digest and ``findings``, after what the user taught from the mail client: a thread
+marked safe with no other category left is not shown (:func:`hidden_as_safe`), and a
+reported thread is, whatever its risk (:func:`reported_threads`, :func:`with_reported`).
 """
 
 from __future__ import annotations
@@ -13,18 +17,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from guard import store as st
 from guard.errors import GuardError, Kind
+from guard.mailbox.labels import CATEGORY_TITLES
+from guard.policy.model import CATEGORIES
 
 __all__ = [
     "NoThreadMatches",
     "ThreadMatch",
     "TooManyThreads",
     "find_threads",
+    "flagged_categories",
+    "hidden_as_safe",
+    "reported_threads",
     "select_threads",
+    "shown_categories",
     "thread_rows",
+    "with_reported",
 ]
 
 
@@ -204,3 +215,77 @@ def select_threads(
             matches,
         )
     return matches
+
+
+# --------------------------------------------------------------------------- what the user taught
+
+
+def flagged_categories(thread: st.Thread) -> tuple[str, ...]:
+    """The categories ``thread`` was flagged for, in the usual order: those its labels name
+    (the messages at or above min_risk), else those of any of its messages."""
+    names = {n for n in thread.label_list if n in CATEGORY_TITLES}
+    if not names:
+        names = {c for c in thread.category_list if c in CATEGORY_TITLES}
+    return tuple(c for c in CATEGORIES if c in names)
+
+
+def shown_categories(thread: st.Thread, categories: Sequence[str]) -> tuple[str, ...]:
+    """``categories`` of ``thread`` without those the user marked safe on it."""
+    safe = set(thread.safe_category_list)
+    return tuple(c for c in categories if c not in safe)
+
+
+def hidden_as_safe(thread: st.Thread, categories: Sequence[str]) -> bool:
+    """Whether a report leaves ``thread`` out: the user marked it safe and none of its
+    ``categories`` (what it was flagged for) is left that they did not mark safe."""
+    return thread.marked_safe and not thread.reported and not shown_categories(thread, categories)
+
+
+def reported_threads(
+    session: Session,
+    account: str | None,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    active_since: datetime | None = None,
+    thread_ids: Sequence[str] = (),
+) -> list[st.Thread]:
+    """Reported threads, whatever their risk, that a report of a period shows: changed in
+    ``(start, end]``, or one of ``thread_ids`` (reported in the period), or (with
+    ``active_since``) with a message or a change since then, as
+    :func:`guard.store.threads_since` counts it."""
+    t = st.Thread
+    stmt = select(t).where(col(t.reported).is_(True))
+    if account is not None:
+        stmt = stmt.where(t.account == account)
+    if end is not None:
+        changed = col(t.updated_at) <= end
+        if start is not None:
+            changed = sa.and_(changed, col(t.updated_at) > start)
+        ids = sorted(set(thread_ids))
+        stmt = stmt.where(sa.or_(changed, col(t.thread_id).in_(ids)) if ids else changed)
+    if active_since is not None:
+        stmt = stmt.where(
+            sa.or_(
+                col(t.last_date) >= active_since,
+                sa.and_(col(t.last_date).is_(None), col(t.updated_at) >= active_since),
+            )
+        )
+    return list(session.exec(stmt).all())
+
+
+_RANK = {"high": 3, "medium": 2, "low": 1}
+
+
+def with_reported(threads: Sequence[st.Thread], reported: Sequence[st.Thread]) -> list[st.Thread]:
+    """``threads`` and the ``reported`` ones they lack, riskiest first (then by score,
+    then the most recently changed), as :func:`guard.store.threads_since` orders them."""
+    seen = {(x.account, x.thread_id) for x in threads}
+    merged = [*threads, *(x for x in reported if (x.account, x.thread_id) not in seen)]
+    merged.sort(key=_riskiest_first)
+    return merged
+
+
+def _riskiest_first(thread: st.Thread) -> tuple[int, float, float]:
+    age = (thread.updated_at - datetime.min).total_seconds()
+    return (-_RANK.get(thread.risk, 0), -thread.score, -age)

@@ -103,6 +103,7 @@ class DigestThread(ThreadView):
     explanations: tuple[Explanation, ...]
     advice: tuple[Advice, ...]
     suggested_reply: str | None
+    reported: bool = False  # the user reported it from the mail client
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,28 @@ class DigestContent:
     by_category: tuple[tuple[str, str, int], ...]  # (category, title, threads)
     unchecked: tuple[UncheckedMessage, ...] = ()  # at most digest.MAX_UNCHECKED, oldest first
     total_unchecked: int = 0  # messages first seen in the period that were not read whole
+    marked_safe: int = 0  # threads the user marked safe in the period
+    reported: int = 0  # threads the user reported in the period
 
     @property
     def hidden_unchecked(self) -> int:
         return self.total_unchecked - len(self.unchecked)
+
+    @property
+    def feedback_summary(self) -> str:
+        """The period's feedback in a line ("You marked 2 threads safe and reported 1."),
+        or "" when there was none."""
+
+        def threads(n: int) -> str:
+            return f"{n} thread{'' if n == 1 else 's'}"
+
+        if self.marked_safe and self.reported:
+            return f"You marked {threads(self.marked_safe)} safe and reported {self.reported}."
+        if self.marked_safe:
+            return f"You marked {threads(self.marked_safe)} safe."
+        if self.reported:
+            return f"You reported {threads(self.reported)}."
+        return ""
 
     @property
     def high(self) -> int:

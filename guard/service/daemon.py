@@ -359,7 +359,10 @@ class Daemon:
     def _idle_session(self, conn: Connection, state: AccountState) -> None:
         while not self.stopping.is_set():
             if conn.idle_wait(self.config.schedule.idle_renew, self.stopping.is_set):
-                log.info("%sIDLE: new mail, scanning now", _who(self.config, state.name))
+                log.info(
+                    "%sIDLE: new mail (or mail moved away), scanning now",
+                    _who(self.config, state.name),
+                )
                 with contextlib.suppress(JobLookupError):
                     self.scheduler.modify_job(state.job_id, next_run_time=datetime.now(UTC))
 

@@ -95,12 +95,15 @@ class Labeller(ScanPart):
         members: list[st.StoredMessage],
         thread: st.Thread | None,
     ) -> None:
-        risk, wanted = labelling.thread_labels(
-            ((m.risk, m.category_list) for m in members), self.s.min_risk
-        )
-        names = [label.name for label in wanted]
         if thread is None:
             thread = st.Thread(account=account, thread_id=thread_id)
+        risk, wanted = labelling.thread_labels(
+            ((m.risk, m.category_list) for m in members),
+            self.s.min_risk,
+            safe=thread.safe_category_list,
+            reported=thread.reported,
+        )
+        names = [label.name for label in wanted]
         cats = sorted({c for m in members for c in m.category_list})
         dates = [m.date for m in members if m.date is not None]
         thread.risk = risk
@@ -129,6 +132,8 @@ class Labeller(ScanPart):
         when its id is in ``unchecked`` (the messages with an unchecked finding)."""
         own = {labelling.UNCHECKED_LABEL} if unchecked and row.id in unchecked else set()
         thread = st.get_thread(session, row.account, row.thread_id)
+        if thread is not None and thread.marked_safe:
+            own = set()  # the user looked at it and said it is fine
         if thread is None or not thread.labels:
             return self.spellings(own) if own else set()
         by_name = {label.name: label for label in labelling.THREAD_LABELS}

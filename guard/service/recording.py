@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from sqlmodel import Session
@@ -20,6 +21,7 @@ from guard.mail import Message, parse_message
 from guard.mailbox import Fetched, Selected, threads
 from guard.mailbox.label_backends import is_copy
 from guard.policy import RuleSet, Verdict, evaluate, level_at_least
+from guard.policy.feedback import Feedback, apply_feedback
 from guard.policy.model import UNCHECKED_RULE, unchecked_finding
 from guard.policy.structural import is_trusted_platform_sender
 from guard.reports import drafts
@@ -56,11 +58,18 @@ class Recorder(ScanPart):
         self.labeller = labeller
         self.stale_checked: dict[str, bool] = {}  # folder -> rows under another UIDVALIDITY
         self.draft_candidates: list[drafts.Candidate] = []
+        self.taught = Feedback()  # what the user taught (guard.service.feedback)
+        # called with the rows of each recorded run before their threads are labelled
+        self.on_recorded: Callable[[Session, list[st.StoredMessage]], None] | None = None
 
-    def judge(self, fetched: Fetched) -> tuple[Message, Verdict, list[str]]:
+    def judge(
+        self, fetched: Fetched, with_feedback: bool = True
+    ) -> tuple[Message, Verdict, list[str]]:
         msg = parse_message(fetched.raw)
         notes = list(msg.defects)
         verdict = evaluate(self.rules, msg)
+        if with_feedback and not self.taught.empty:
+            verdict = apply_feedback(self.rules, verdict, msg, self.taught)
         if fetched.truncated:
             cut = (
                 f"message is {fetched.size} bytes; only the first {len(fetched.raw)} were "
@@ -223,6 +232,8 @@ class Recorder(ScanPart):
             for row, verdict in added:
                 assert row.id is not None
                 st.add_findings(session, row.id, verdict.findings)
+            if self.on_recorded is not None and added:
+                self.on_recorded(session, [row for row, _v in added])
             self.labeller.update_threads(session, account, touched)
 
     def relocate(

@@ -43,6 +43,7 @@ from guard.mailbox import (
 )
 from guard.policy import LEVELS, RuleSet
 from guard.reports import drafts
+from guard.service.feedback import FeedbackStep, account_feedback
 from guard.service.labelling import Labeller
 from guard.service.recording import Recorder
 from guard.service.work import FolderSummary, ScanPart, ScanStopped, ScanSummary, ScanWork
@@ -143,6 +144,8 @@ class _Scanner(ScanPart):
         self.progress = progress
         self.labeller = Labeller(self.work)
         self.recorder = Recorder(self.work, rules, self.labeller)
+        self.feedback = FeedbackStep(self.work, rules, self.labeller, self.recorder)
+        self.recorder.on_recorded = self.feedback.link
         self.resolve_mode = self.labeller.resolve_mode
         self.write_labels = self.labeller.write_labels
         self.finish_other_folders = self.labeller.finish_other_folders
@@ -164,6 +167,14 @@ class _Scanner(ScanPart):
                 moved[0],
                 moved[1],
             )
+
+    def take_feedback(self, folders: Sequence[str]) -> None:
+        """The user's corrections first (what is put back must not look like new mail),
+        then what they taught goes into judging this scan's messages."""
+        self.feedback.run(folders)
+        self.summary.feedback = self.feedback.taken
+        with self.unit() as session:
+            self.recorder.taught = account_feedback(session, self.s.account)
 
     def folders(self) -> list[str]:
         self.work.sent_folder = self.conn.special_folder(SENT)
@@ -197,6 +208,10 @@ class _Scanner(ScanPart):
             and status.uidnext is not None
             and status.uidnext <= last_uid + 1
         )
+        if status.highest_modseq is not None or not (nothing_new and not pending):
+            # guard keywords the user took away (with CONDSTORE only when flags changed;
+            # without it, when the folder is opened anyway: a quiet poll stays cheap)
+            self.feedback.check_keywords(folder, status.highest_modseq)
         if nothing_new and not pending:
             fs.unchanged = True
             return
@@ -383,12 +398,15 @@ def _scan_locked(
         scanner.work.stop_requested = control.stop_requested
         scanner.claim_mailbox(run_id)
         folders = [only_folder] if only_folder else scanner.folders()
+        scanner.take_feedback(folders)
         for folder in folders:
             if control.stop_requested():
                 break
             scanner.scan_folder(folder)
         scanner.finish_other_folders(folders)
         scanner.check_stop()
+        scanner.feedback.apply_pending()
+        scanner.summary.feedback = scanner.feedback.taken
         scanner.write_drafts()
         if not scanner.summary.label_mode:
             scanner.resolve_mode(None)

@@ -59,6 +59,7 @@ class ScanSummary:
     commands: int = 0
     fetch_commands: int = 0
     drafts: int = 0
+    feedback: int = 0  # corrections the user made in the mail client, recorded now
     stopped: bool = False  # ended early because a stop was requested
 
     @property
@@ -84,6 +85,7 @@ class ScanSummary:
             "dry_run": self.dry_run,
             "fetch_commands": self.fetch_commands,
             "drafts": self.drafts,
+            "feedback": self.feedback,
             "stopped": self.stopped,
         }
         if self.dry_run:

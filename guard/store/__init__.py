@@ -10,7 +10,8 @@ guard except ``guard.errors`` and ``guard.locks``.
 - ``models``: the tables, with typed views of the list-valued columns;
 - ``database``: :class:`Store` (opening, units of work, errors) and schema migrations;
 - ``mailboxes``: folder state, and which mailbox an account's history belongs to;
-- ``queries``: messages, threads, findings, labels, scan runs, digests and evidence.
+- ``queries``: messages, threads, findings, labels, scan runs, digests and evidence;
+- ``feedback``: the user's corrections (threads marked safe or reported) and put-backs.
 """
 
 from guard.store.database import (
@@ -24,6 +25,19 @@ from guard.store.database import (
     migrate,
     sqlite_path,
 )
+from guard.store.feedback import (
+    feedback_between,
+    feedback_rows,
+    forget_feedback,
+    has_feedback,
+    keyword_labelled,
+    open_moves,
+    recorded_original,
+    refresh_thread,
+    thread_feedback,
+    unapplied_feedback,
+    unlinked_feedback,
+)
 from guard.store.mailboxes import (
     claim_mailbox,
     get_folder_state,
@@ -34,6 +48,8 @@ from guard.store.models import (
     Digest,
     DraftRecord,
     Evidence,
+    Feedback,
+    FeedbackMove,
     FolderState,
     LabelCopy,
     ScanRun,
@@ -84,6 +100,8 @@ __all__ = [
     "Digest",
     "DraftRecord",
     "Evidence",
+    "Feedback",
+    "FeedbackMove",
     "FolderState",
     "LabelCopy",
     "RowRefused",
@@ -104,14 +122,19 @@ __all__ = [
     "error_class",
     "evidence_bytes",
     "evidence_missing",
+    "feedback_between",
+    "feedback_rows",
     "findings_for",
     "findings_of_rule_between",
+    "forget_feedback",
     "get_folder_state",
     "get_thread",
+    "has_feedback",
     "has_other_uidvalidity",
     "iso_z",
     "join_commas",
     "join_lines",
+    "keyword_labelled",
     "label_copies",
     "locations",
     "mailbox_archive",
@@ -120,9 +143,12 @@ __all__ = [
     "messages_of_threads",
     "messages_with_rule",
     "migrate",
+    "open_moves",
     "pending_digests",
     "pending_labels",
+    "recorded_original",
     "ref_map",
+    "refresh_thread",
     "save_folder_state",
     "scan_totals_between",
     "set_refs",
@@ -131,10 +157,13 @@ __all__ = [
     "sqlite_path",
     "stale_copy",
     "stored_ref",
+    "thread_feedback",
     "thread_messages",
     "threads_by_id",
     "threads_for_refs",
     "threads_since",
     "threads_updated_between",
+    "unapplied_feedback",
+    "unlinked_feedback",
     "utcnow",
 ]

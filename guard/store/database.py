@@ -26,10 +26,19 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, SQLModel
 
 from guard.errors import GuardError, Kind
-from guard.store.models import Digest, DraftRecord, Evidence, ScanRun, SchemaVersion, StoredMessage
+from guard.store.models import (
+    Digest,
+    DraftRecord,
+    Evidence,
+    Feedback,
+    FeedbackMove,
+    ScanRun,
+    SchemaVersion,
+    StoredMessage,
+)
 from guard.store.values import utcnow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoreError(GuardError):
@@ -79,7 +88,26 @@ def _v2_to_v3(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE folder_state ADD COLUMN mailbox TEXT"))
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: Connection) -> None:
+    """v4 keeps the user's feedback (threads marked safe or reported from the mail client)
+    and the write-ahead record of putting a message back from a feedback folder."""
+    SQLModel.metadata.create_all(
+        conn,
+        tables=[Feedback.__table__, FeedbackMove.__table__],  # type: ignore[attr-defined]
+        checkfirst=True,
+    )
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("thread")}
+    added = {
+        "safe_categories": "TEXT NOT NULL DEFAULT ''",
+        "marked_safe": "BOOLEAN NOT NULL DEFAULT FALSE",
+        "reported": "BOOLEAN NOT NULL DEFAULT FALSE",
+    }
+    for name, ddl in added.items():
+        if name not in columns:
+            conn.execute(sa.text(f"ALTER TABLE thread ADD COLUMN {name} {ddl}"))
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def _current_version(conn: Connection) -> int | None:

@@ -50,7 +50,17 @@ def save_folder_state(
 
 # Tables whose rows belong to one account's history (findings, label copies and evidence
 # hang off messages or hashes and follow them).
-_ACCOUNT_TABLES = ("folder_state", "message", "thread_ref", "thread", "scan_run", "draft", "digest")
+_ACCOUNT_TABLES = (
+    "folder_state",
+    "message",
+    "thread_ref",
+    "thread",
+    "scan_run",
+    "draft",
+    "digest",
+    "feedback",
+    "feedback_move",
+)
 
 
 def mailbox_archive(account: str, mailbox: str) -> str:

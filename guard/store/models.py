@@ -184,6 +184,19 @@ class Thread(_Categorised, SQLModel, table=True):
     first_date: NaiveDatetime | None = None
     last_date: NaiveDatetime | None = None
     updated_at: NaiveDatetime = Field(default_factory=utcnow, index=True)
+    # what the user taught about the thread (v4), kept in step with its feedback rows:
+    # categories marked safe (never labelled again), and whether it was reported
+    safe_categories: str = Field(default="", sa_type=sa.Text)  # comma-separated
+    marked_safe: bool = False
+    reported: bool = False
+
+    @property
+    def safe_category_list(self) -> tuple[str, ...]:
+        return split_commas(self.safe_categories)
+
+    @safe_category_list.setter
+    def safe_category_list(self, names: Iterable[str]) -> None:
+        self.safe_categories = join_commas(sorted(set(names)))
 
     @property
     def label_list(self) -> tuple[str, ...]:
@@ -281,6 +294,65 @@ class Digest(SQLModel, table=True):
     sent_at: NaiveDatetime | None = None
 
 
+class Feedback(_Categorised, SQLModel, table=True):
+    """One correction by the user: a thread marked safe or reported, from the mail client.
+
+    ``thread_id`` is None while the message is one the guard had not recorded yet (it is
+    linked, by ``content_hash``, when the scan records it). ``categories``: for "safe", the
+    categories the thread was flagged for (never labelled again on it, and the text ones
+    trusted from ``sender``); for "report", the engine's categories of the message.
+    ``applied``: the labels on the server were brought in line with it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        sa.Index("ix_feedback_thread", "account", "thread_id"),
+        sa.Index("ix_feedback_hash", "account", "content_hash"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(max_length=200)
+    kind: str = Field(max_length=6)  # "safe" or "report"
+    via: str = Field(max_length=20)  # move, copy, keywords, gmail-label
+    thread_id: str | None = Field(default=None, max_length=120)
+    content_hash: str = Field(max_length=64)
+    message_id: str | None = Field(default=None, sa_type=sa.Text)
+    sender: str = Field(default="", max_length=998)
+    sender_trusted: bool = False  # the sender passed authentication: may be trusted
+    subject: str = Field(default="", sa_type=sa.Text)
+    categories: str = Field(default="", max_length=500)
+    fingerprint: str | None = Field(default=None, sa_type=sa.Text)  # reports only
+    applied: bool = False
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    # undone by the user (``feedback --forget``): kept for the record, counts no more, and
+    # ``applied`` goes back to False so the next scan puts the thread's labels right
+    forgotten_at: NaiveDatetime | None = None
+
+
+class FeedbackMove(SQLModel, table=True):
+    """A message in a feedback folder being put back (``target``) or, when it was a copy,
+    removed: written before the IMAP command, ``done`` after. After a crash the source UID
+    is looked for: still there, the step is done again; gone, it was done (UID MOVE and
+    UID EXPUNGE are atomic), and the new UID in ``target`` is found among the UIDs from
+    ``target_uidnext`` on by ``content_hash``."""
+
+    __tablename__ = "feedback_move"
+    __table_args__ = (sa.Index("ix_feedback_move_open", "account", "done"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(max_length=200)
+    feedback_pk: int | None = Field(default=None, foreign_key="feedback.id", ondelete="SET NULL")
+    source: str = Field(max_length=500)
+    uidvalidity: int = Field(sa_type=sa.BigInteger)
+    uid: int = Field(sa_type=sa.BigInteger)
+    action: str = Field(max_length=10)  # "move" (put back) or "delete" (a copy)
+    target: str | None = Field(default=None, max_length=500)
+    target_uidnext: int | None = Field(default=None, sa_type=sa.BigInteger)
+    content_hash: str = Field(max_length=64)
+    message_pk: int | None = None  # the recorded original, whose UID follows the move
+    done: bool = False
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
 def _clean_every_string_column(tables: Iterable[sa.Table]) -> None:
     """Give every string column of the store a cleaning type, so that no value reaches
     the database as it came out of a message: NUL and other control characters, lone
@@ -323,6 +395,8 @@ _clean_every_string_column(
         Evidence,
         DraftRecord,
         Digest,
+        Feedback,
+        FeedbackMove,
     )
 )
 _REF_TYPE: CleanString = ThreadRef.__table__.c.ref.type  # type: ignore[attr-defined]

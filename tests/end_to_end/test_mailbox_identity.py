@@ -146,11 +146,17 @@ def test_a_version_2_store_gains_the_mailbox_and_keeps_its_position(
     dovecot.save(user, SHARED)
     config = write_config(tmp_path, MailAccount(dovecot, user), url, imap=PLAIN)
     scan(config)
-    # make it a v2 database as v2 wrote it: no mailbox column, schema_version 2
+    # make it a v2 database as v2 wrote it: no mailbox column (v3), no feedback tables
+    # or thread feedback columns (v4), schema_version 2
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE folder_state DROP COLUMN mailbox"))
-        conn.execute(sa.text("UPDATE schema_version SET version = 2 WHERE version = 3"))
+        conn.execute(sa.text("DROP TABLE feedback_move"))
+        conn.execute(sa.text("DROP TABLE feedback"))
+        for column in ("safe_categories", "marked_safe", "reported"):
+            conn.execute(sa.text(f"ALTER TABLE thread DROP COLUMN {column}"))
+        conn.execute(sa.text("DELETE FROM schema_version"))
+        conn.execute(sa.text("INSERT INTO schema_version VALUES (2, '2026-11-01 00:00:00')"))
     engine.dispose()
     dovecot.save(user, ONLY_B)
 

@@ -54,6 +54,22 @@ def test_idle_wait_returns_true_when_mail_arrives(tmp_path: Path, mailbox: MailA
         assert conn.status("INBOX").messages == 1
 
 
+def test_idle_wait_returns_true_when_a_message_is_moved_away(
+    tmp_path: Path, mailbox: MailAccount
+) -> None:
+    """Dragging a message out of INBOX (into Guard/Safe, say) wakes the watcher too."""
+    uid = mailbox.save(harmless()[0])
+    mailbox.create_mailbox("Guard/Safe")
+
+    def move() -> None:
+        with mailbox.session() as client:
+            client.select_folder("INBOX")
+            client.move([uid], "Guard/Safe")
+
+    with _connect(tmp_path, mailbox) as conn:
+        assert _idle_while(conn, move) is True
+
+
 def test_idle_wait_returns_false_when_stopped_or_renewed(
     tmp_path: Path, mailbox: MailAccount
 ) -> None:

@@ -447,7 +447,11 @@ def test_gmail_labels_and_threads_from_x_gm_thrid(gmail: Any, tmp_path: Path) ->
     assert not {x for x in labels[u_other] if x.startswith("Guard/")}
     # Gmail mode writes labels only: no keywords, no label folders.
     assert not any(f.startswith("$Guard") for fl in gmail.flags().values() for f in fl)
-    assert not [b for b in gmail.mailboxes() if b.startswith("Guard")]
+    # ... only the two feedback labels the user may add (Guard/Safe, Guard/Report)
+    assert sorted(b for b in gmail.mailboxes() if b.startswith("Guard/")) == [
+        "Guard/Report",
+        "Guard/Safe",
+    ]
     thrids = gmail.thread_ids()
     rows = dict(db_rows(config, "select uid, thread_id from message where folder='INBOX'"))
     assert rows[u1] == rows[u2] == f"gm:{thrids[u1]}"

@@ -28,6 +28,7 @@ from guard.service.work import ScanSummary
 ME = "freelancer@example.org"
 PAYMENT_KEYWORD = "$GuardOffPlatformPayment"
 PAYMENT_FOLDER = "Guard/Off-platform payment"
+FEEDBACK = ("Guard/Safe", "Guard/Report")  # created by every real scan, for the user
 SETTINGS = ScanSettings(
     server=ServerSettings(host="mail.example.org", port=993, tls="implicit", username=ME)
 )
@@ -158,7 +159,7 @@ def test_a_scan_cut_at_any_command_is_finished_by_the_next_one_exactly_once(
     assert len(fake.messages(PAYMENT_FOLDER)) == 1
     assert last_uid(db) == calm
     assert all(pending == 0 for *_rest, pending in messages(db))
-    label_folders = [f for f in fake.folders if f.startswith("Guard/")]
+    label_folders = [f for f in fake.folders if f.startswith("Guard/") and f not in FEEDBACK]
     assert len(label_folders) == 2  # the category's and the level's
     assert all(len(fake.messages(f)) == 1 for f in label_folders)
     assert rows(db, "SELECT DISTINCT done FROM label_copy") == [(1,)]
@@ -292,7 +293,8 @@ def test_a_new_uidvalidity_rematches_messages_and_keeps_label_folder_copies(
     [
         (MemoryMailbox(), "keywords+folders", {"STORE", "CREATE", "COPY"}),
         (MemoryMailbox(keywords=False), "folders", {"CREATE", "COPY"}),
-        (MemoryMailbox(gmail=True), "gmail", {"X-GM-LABELS"}),
+        # CREATE: the Guard/Safe and Guard/Report labels, for the user to use
+        (MemoryMailbox(gmail=True), "gmail", {"X-GM-LABELS", "CREATE"}),
     ],
     ids=["keywords+folders", "folders", "gmail"],
 )

@@ -267,6 +267,21 @@ def test_thread_labels_take_the_riskiest_message() -> None:
     assert lb.thread_labels([("none", [])], "low") == ("none", frozenset())
 
 
+def test_thread_labels_follow_what_the_user_taught() -> None:
+    messages = [("high", ["off_platform_payment"]), ("medium", ["phishing"])]
+    # marked safe for the payment request: only the phishing message still counts
+    risk, labels = lb.thread_labels(messages, "medium", safe=["off_platform_payment"])
+    assert risk == "medium" and {x.name for x in labels} == {"level:medium", "phishing"}
+    # safe for everything it was flagged for: harmless, no label
+    both = ["off_platform_payment", "phishing"]
+    assert lb.thread_labels(messages, "medium", safe=both) == ("none", frozenset())
+    # reported: labelled Reported with what the engine found, even below min_risk
+    risk, labels = lb.thread_labels([("low", ["scam"])], "medium", reported=True)
+    assert risk == "low" and {x.name for x in labels} == {"reported", "scam"}
+    assert lb.REPORTED_LABEL.keyword("Guard") == "$GuardReported"
+    assert lb.REPORTED_LABEL.path("Guard", ".") == "Guard.Reported"
+
+
 def test_batch_assignment_joins_replies_in_any_order_and_merges(tmp_path: Path) -> None:
     store = st.Store(f"sqlite:///{tmp_path / 'g.sqlite3'}")
     a_raw, a_id = make(subject="Logo", sender="ana@x.example")
