@@ -1,4 +1,5 @@
-"""``scan`` (one poll cycle), ``run`` (the service) and ``doctor`` (checks every link)."""
+"""``scan`` (one poll cycle), ``run`` (the service), ``doctor`` (checks every link) and
+``replicas`` (the daemons sharing a PostgreSQL store)."""
 
 from __future__ import annotations
 
@@ -175,3 +176,58 @@ def doctor(config_path: ConfigOption = None) -> None:
         out.write(f"{failed} check(s) failed\n")
         raise typer.Exit(1)
     out.write("all checks passed\n")
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+@app.command()
+def replicas(
+    config_path: ConfigOption = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.text,
+) -> None:
+    """The daemons sharing a PostgreSQL store, and the mailboxes each owns now."""
+    from guard import store as st
+
+    quiet_libraries()
+    config = config_or_fail(config_path)
+    store = store_or_fail(config)
+    try:
+        if not st.is_postgres(store.engine):
+            fail("one daemon per SQLite store: several daemons need [store] url on PostgreSQL")
+        try:
+            live = st.replicas(store.engine, float(config.store.lease))
+        except Exception as exc:
+            fail(f"cannot read the daemons from the store: {st.describe_error(exc)}", 1)
+    finally:
+        store.close()
+    owned = {a for r in live for a in r.accounts}
+    orphans = [a.name for a in config.accounts if a.name not in owned]
+    if fmt == Format.json:
+        sys.stdout.write(
+            json_line(
+                {
+                    "daemons": [
+                        {
+                            "id": r.id,
+                            "started_at": r.started_at.isoformat(),
+                            "last_seen": r.last_seen.isoformat(),
+                            "accounts": list(r.accounts),
+                        }
+                        for r in live
+                    ],
+                    "not_owned": orphans,
+                }
+            )
+            + "\n"
+        )
+        return
+    if not live:
+        sys.stdout.write("no daemon is running on this store\n")
+    for r in live:
+        sys.stdout.write(
+            f"{clean(r.id)}  since {r.started_at:%Y-%m-%d %H:%M:%S} UTC  "
+            f"{len(r.accounts)} mailbox(es): {clean(', '.join(r.accounts)) or '-'}\n"
+        )
+    if orphans:
+        sys.stdout.write(f"not owned by any daemon: {clean(', '.join(orphans))}\n")

@@ -195,6 +195,9 @@ class StoreSettings(_Section):
     """``[store]``: the database as an SQLAlchemy URL (default: SQLite in the state directory)."""
 
     url: str
+    lease: Annotated[int, BeforeValidator(duration_seconds), Field(ge=5, le=600)] = 30
+    """With several daemons on one PostgreSQL store: seconds after which a daemon that
+    stopped renewing its accounts (killed, cut off) loses them to the others."""
 
     @model_validator(mode="before")
     @classmethod

@@ -456,13 +456,21 @@ def store_digest(
 @contextmanager
 def digest_lock(store: st.Store, account: str) -> Iterator[None]:
     """One digest run per store and account: a manual ``digest --send`` next to the
-    daemon's job must not send the same pending row twice or build two digests for one
-    period. Refused (not waited for) when held; without a writable place for the lock (a
-    store on a server, no writable state directory) the run goes on unlocked."""
+    daemon's job, or two daemons sharing a PostgreSQL store, must not send the same pending
+    row twice or build two digests for one period. Refused (not waited for) when held.
+    On PostgreSQL an advisory lock serves every machine; the file lock (without a writable
+    place for it the run goes on without) serves one machine."""
 
     def busy(path: Path) -> DigestError:
         return DigestError(f"another digest run of this account is active (lock {path})")
 
     path = lock_file(st.sqlite_path(store.url), _default_state_dir(), account, "digest")
-    with exclusive_lock(path, busy, required=False, what="digest lock"):
-        yield
+    try:
+        # on PostgreSQL, across daemons too: the digest row is then built and sent by one
+        with (
+            st.advisory_lock(store.engine, f"digest:{account}"),
+            exclusive_lock(path, busy, required=False, what="digest lock"),
+        ):
+            yield
+    except st.Busy:
+        raise DigestError("another digest run of this account is active (another daemon)") from None

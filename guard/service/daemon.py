@@ -47,11 +47,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from guard import store as st
-from guard.config import Config, ConfigError, load_config
+from guard.config import Config, ConfigError, default_state_dir, load_config
 from guard.errors import GuardError, kind_of, retry_delay
+from guard.locks import exclusive_lock, lock_file
 from guard.mailbox import Connection, ImapError, Mailbox, server_settings
 from guard.policy import RulesError, RuleSet, load_rules
-from guard.service.scan import ScanControl, ScanSettings, scan
+from guard.service.scan import ScanBusy, ScanControl, ScanSettings, scan
 from guard.service.work import ScanSummary
 
 log = logging.getLogger("inbox-guard")
@@ -174,10 +175,57 @@ class Daemon:
         self.idle_threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self.abandoned = False  # shutdown gave up on a scan still running: exit without it
+        # Several daemons on one PostgreSQL store share its accounts by lease (see
+        # guard.store.coordination); on SQLite this daemon owns them all, alone.
+        self.clustered = st.is_postgres(self.store.engine)
+        self.me = st.replica_id() if self.clustered else ""
+        self.owned: frozenset[str] = frozenset()
+        self.owned_until = 0.0  # time.monotonic() until which the leases surely hold
+        self.live = 1  # daemons sharing the store, at the last heartbeat
 
     @property
     def scans(self) -> int:
         return sum(state.scans for state in self.states.values())
+
+    # -- ownership (several daemons on one PostgreSQL store) -------------------------
+
+    def owns(self, name: str) -> bool:
+        """Whether this daemon may work on account ``name`` now: always on SQLite; with
+        several daemons, while it holds the account's lease (and, for safety, only until
+        shortly before the lease could have expired unrenewed)."""
+        if not self.clustered:
+            return True
+        return name in self.owned and time.monotonic() < self.owned_until
+
+    def lease_job(self) -> None:
+        """Renew this daemon's leases, take over free accounts up to its share and hand
+        back what is above it (see ``guard.store.heartbeat``)."""
+        if self.stopping.is_set():
+            return
+        config = self.config
+        ttl = float(config.store.lease)
+        names = [a.name for a in config.accounts]
+        busy = frozenset(n for n, state in self.states.items() if "scan" in state.connections)
+        began = time.monotonic()
+        try:
+            beat = st.heartbeat(self.store.engine, self.me, names, ttl, self.owned, busy)
+        except Exception as exc:  # the store unreachable: the leases lapse on their own
+            log.error("lease renewal failed: %s", st.describe_error(exc))
+            return
+        self.owned = beat.owned
+        self.owned_until = began + ttl * 0.8
+        self.live = beat.live
+        for name in sorted(beat.lost):
+            log.info("%sanother daemon owns this mailbox now", _who(config, name))
+            conn = self.states[name].connections.get("idle") if name in self.states else None
+            if conn is not None:
+                conn.cut()
+        for name in sorted(beat.gained):
+            log.info("%sthis daemon owns this mailbox now; scanning", _who(config, name))
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.modify_job(f"scan:{name}", next_run_time=datetime.now(UTC))
+        if beat.gained or beat.lost:
+            self._status()
 
     # -- jobs ----------------------------------------------------------------------
 
@@ -188,22 +236,28 @@ class Daemon:
             else:
                 state.connections["scan"] = conn
 
-        return ScanControl(stop_requested=self.stopping.is_set, connected=connected)
+        def stop_requested() -> bool:
+            return self.stopping.is_set() or not self.owns(state.name)
+
+        return ScanControl(stop_requested=stop_requested, connected=connected)
 
     def scan_job(self, name: str) -> None:
         """One poll of one mailbox. At most ``schedule.max_parallel`` run at once, so a
         slow or failing mailbox never holds up the others for longer than its turn."""
         state = self.states.get(name)
-        if state is None or self.stopping.is_set():
+        if state is None or self.stopping.is_set() or not self.owns(name):
             return
         with self.parallel:
-            if self.stopping.is_set():
+            if self.stopping.is_set() or not self.owns(name):
                 return
             with self._lock:
                 config, rules = self.config, self.rules
             try:
                 settings = ScanSettings.from_config(config, name)
                 summary = scan(settings, self.store, rules, control=self._control(state))
+            except ScanBusy as exc:  # another daemon is still at it: its turn, not a failure
+                log.info("%s%s; skipping this poll", _who(config, name), exc)
+                return
             except GuardError as exc:  # ScanError, StoreError, ConfigError: each with its kind
                 self._scan_failed(state, exc)
                 return
@@ -232,9 +286,9 @@ class Daemon:
             summary.label_mode,
         )
         self._status()
-        if state.scans == 1:  # the first scan has filled the store: a missed digest can go
-            self._catch_up_digest(name)
-        else:
+        # the first scan has filled the store: a missed digest can go; else (or when none
+        # was missed) a digest left pending: a failed send, or a daemon that died sending it
+        if not (state.scans == 1 and self._catch_up_digest(name)):
             self._retry_pending_digest(name)
 
     def _scan_failed(self, state: AccountState, exc: GuardError) -> None:
@@ -264,7 +318,7 @@ class Daemon:
         from guard import reports
 
         for acct in self.config.accounts:
-            if name is not None and acct.name != name:
+            if (name is not None and acct.name != name) or not self.owns(acct.name):
                 continue
             try:
                 outcome = reports.run_digest(self.store, self.config, acct.name)
@@ -292,9 +346,10 @@ class Daemon:
         except Exception as exc:
             log.error("digest retry failed: %s", st.describe_error(exc))
 
-    def _catch_up_digest(self, name: str) -> None:
+    def _catch_up_digest(self, name: str) -> bool:
+        """Send the digest now if the last one was missed; whether it was."""
         if self.config.digest is None:
-            return
+            return False
         from guard import reports
 
         try:
@@ -303,8 +358,10 @@ class Daemon:
                     "%sdigest: the last one was missed; sending it now", _who(self.config, name)
                 )
                 self.digest_job(name)
+                return True
         except Exception as exc:
             log.error("digest catch-up failed: %s", st.describe_error(exc))
+        return False
 
     # -- IMAP IDLE ------------------------------------------------------------------
 
@@ -320,6 +377,9 @@ class Daemon:
         failures = 0
         state = self.states[name]
         while not self.stopping.is_set() and name in self.states:
+            if not self.owns(name):  # another daemon watches it
+                self.stopping.wait(1.0)
+                continue
             try:
                 conn = Connection(server_settings(self.config, name))
             except ConfigError:
@@ -357,8 +417,11 @@ class Daemon:
                 conn.close()
 
     def _idle_session(self, conn: Connection, state: AccountState) -> None:
-        while not self.stopping.is_set():
-            if conn.idle_wait(self.config.schedule.idle_renew, self.stopping.is_set):
+        def stop() -> bool:
+            return self.stopping.is_set() or not self.owns(state.name)
+
+        while not stop():
+            if conn.idle_wait(self.config.schedule.idle_renew, stop):
                 log.info(
                     "%sIDLE: new mail (or mail moved away), scanning now",
                     _who(self.config, state.name),
@@ -372,6 +435,8 @@ class Daemon:
     def _status(self) -> None:
         parts = []
         for state in self.states.values():
+            if not self.owns(state.name):
+                continue
             who = f"{state.name}: " if len(self.states) > 1 else ""
             if state.last_error:
                 parts.append(f"{who}scan failing ({state.failures}x): {state.last_error}")
@@ -381,6 +446,15 @@ class Daemon:
                     f"{who}last scan {datetime.now().strftime('%H:%M')}: {s.new_messages} new, "
                     f"{s.risky} risky, {s.labelled} labelled"
                 )
+        if self.clustered:
+            owned = sorted(self.owned)
+            shown = ", ".join(owned[:5]) + (" ..." if len(owned) > 5 else "")
+            parts.insert(
+                0,
+                f"owns {len(owned)} of {len(self.config.accounts)} mailboxes"
+                + (f" ({shown})" if owned else "")
+                + f", {self.live} daemon(s) share the store",
+            )
         sd_notify("STATUS=" + ("; ".join(parts) or "starting")[:400], self.env)
 
     # -- scheduling ----------------------------------------------------------------
@@ -459,6 +533,15 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._signal)
         self.scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
+        if self.clustered:
+            self.lease_job()  # before the first poll: take this daemon's share
+            self.scheduler.add_job(
+                self.lease_job,
+                IntervalTrigger(seconds=max(self.config.store.lease / 3, 1.0), timezone=UTC),
+                id="lease",
+                max_instances=1,
+                coalesce=True,
+            )
         self._schedule()
         interval = watchdog_interval(self.env)
         if interval is not None:
@@ -475,6 +558,13 @@ class Daemon:
                 acct.imap.host,
                 acct.imap.username,
                 self.config.schedule.poll_interval,
+            )
+        if self.clustered:
+            log.info(
+                "sharing the store with other daemons as %s: owns %d of %d mailboxes",
+                self.me,
+                len(self.owned),
+                len(self.config.accounts),
             )
         sd_notify("READY=1", self.env)
         self._status()
@@ -518,10 +608,35 @@ class Daemon:
             )
             self.abandoned = True
         else:
+            if self.clustered:  # hand the mailboxes over now rather than at expiry
+                try:
+                    st.release(self.store.engine, self.me)
+                except Exception as exc:
+                    log.warning("could not hand the mailboxes over: %s", st.describe_error(exc))
             self.store.close()
             faulthandler.cancel_dump_traceback_later()
         log.info("stopped")
         return 0
+
+
+class DaemonBusy(GuardError):
+    """A second daemon on a SQLite store: refused (one daemon per SQLite file)."""
+
+
+def _alone_on_sqlite(daemon: Daemon) -> contextlib.AbstractContextManager[None]:
+    """The one-daemon lock of a SQLite store (nothing for PostgreSQL, where daemons share
+    the accounts by lease)."""
+    if daemon.clustered:
+        return contextlib.nullcontext()
+    path = lock_file(st.sqlite_path(daemon.store.url), default_state_dir(), "all", "daemon")
+
+    def busy(where: Path) -> DaemonBusy:
+        return DaemonBusy(
+            f"another inbox-guard daemon is running on this store (lock {where}); one "
+            "daemon per SQLite store: use PostgreSQL ([store] url) to run several"
+        )
+
+    return exclusive_lock(path, busy)
 
 
 def _who(config: Config, name: str) -> str:
@@ -543,7 +658,12 @@ def run(config_path: Path | None, verbose: bool = False) -> int:
         log.error("%s", exc)
         return 1
     started = time.monotonic()
-    status = daemon.run()
+    try:
+        with _alone_on_sqlite(daemon):
+            status = daemon.run()
+    except DaemonBusy as exc:
+        log.error("%s", exc)
+        return 1
     log.debug("ran %.0f s, %d scans", time.monotonic() - started, daemon.scans)
     if daemon.abandoned:
         # A scan thread is still inside one message: the interpreter would wait for it at

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -197,9 +198,43 @@ def _database(config: Config) -> Iterator[Check]:
             "another process may hold the database, or the disk is full/read-only",
         )
         return
+    else:
+        yield Check(
+            "database", True, f"{config.store.redacted_url} writable, schema v{store.version}"
+        )
+        yield from _daemons(config, store)
     finally:
         store.close()
-    yield Check("database", True, f"{config.store.redacted_url} writable, schema v{store.version}")
+
+
+def _daemons(config: Config, store: Any) -> Iterator[Check]:
+    """On PostgreSQL: the daemons sharing the store and the mailboxes each owns."""
+    from guard.store import describe_error, is_postgres, replicas
+
+    if not is_postgres(store.engine):
+        return
+    try:
+        live = replicas(store.engine, float(config.store.lease))
+    except sa.exc.SQLAlchemyError as exc:
+        yield Check("daemons", False, describe_error(exc), "check the database")
+        return
+    if not live:
+        yield Check("daemons", True, "no daemon is running on this store")
+        return
+    owned = {a for r in live for a in r.accounts}
+    orphans = [a.name for a in config.accounts if a.name not in owned]
+    parts = [f"{r.id}: {', '.join(r.accounts) or 'no mailbox yet'}" for r in live]
+    detail = f"{len(live)} running; " + "; ".join(parts)
+    if orphans:
+        yield Check(
+            "daemons",
+            False,
+            detail + f"; not owned: {', '.join(orphans)}",
+            f"a mailbox is taken over within [store] lease ({config.store.lease} s) of its "
+            "daemon's end; if this lasts, check the daemons' logs",
+        )
+    else:
+        yield Check("daemons", True, detail)
 
 
 def _smtp(config: Config, env: Mapping[str, str]) -> Iterator[Check]:

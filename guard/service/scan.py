@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from guard import store as st
 from guard.config import Config, default_state_dir
 from guard.errors import GuardError, Kind
@@ -117,6 +119,10 @@ class ScanError(GuardError):
         self.summary = summary
 
 
+class ScanBusy(ScanError):
+    """Another scan of this mailbox is running (this process's or another daemon's)."""
+
+
 def _lock_path(config: Config, account: str) -> Path:
     return lock_file(config.sqlite_path, default_state_dir(), account, "scan")
 
@@ -124,7 +130,7 @@ def _lock_path(config: Config, account: str) -> Path:
 def _scan_busy(path: Path) -> ScanError:
     """A second scan (a manual ``scan`` while the daemon is polling) is refused instead of
     labelling the same messages twice."""
-    return ScanError(f"another scan of this mailbox is running (lock {path})")
+    return ScanBusy(f"another scan of this mailbox is running (lock {path})")
 
 
 class _Scanner(ScanPart):
@@ -328,17 +334,26 @@ def scan(
     in tests a ``MemoryMailbox``."""
     if settings.min_risk not in LEVELS[1:]:
         raise ValueError(f"min_risk must be one of low, medium, high (got {settings.min_risk!r})")
-    with exclusive_lock(settings.lock_path, _scan_busy):
-        return _scan_locked(
-            settings,
-            store,
-            rules,
-            dry_run,
-            only_folder,
-            progress,
-            control or ScanControl(),
-            connect(settings.server),
-        )
+    try:
+        # On PostgreSQL also across machines: another daemon's scan of this mailbox
+        with (
+            st.advisory_lock(store.engine, f"scan:{settings.account}"),
+            exclusive_lock(settings.lock_path, _scan_busy),
+        ):
+            return _scan_locked(
+                settings,
+                store,
+                rules,
+                dry_run,
+                only_folder,
+                progress,
+                control or ScanControl(),
+                connect(settings.server),
+            )
+    except st.Busy:
+        raise ScanBusy("another daemon is scanning this mailbox") from None
+    except SQLAlchemyError as exc:  # the store could not be reached to take the lock
+        raise ScanError(f"database error: {st.describe_error(exc)}", None, "store") from None
 
 
 def scan_accounts(

@@ -11,9 +11,21 @@ guard except ``guard.errors`` and ``guard.locks``.
 - ``database``: :class:`Store` (opening, units of work, errors) and schema migrations;
 - ``mailboxes``: folder state, and which mailbox an account's history belongs to;
 - ``queries``: messages, threads, findings, labels, scan runs, digests and evidence;
-- ``feedback``: the user's corrections (threads marked safe or reported) and put-backs.
+- ``feedback``: the user's corrections (threads marked safe or reported) and put-backs;
+- ``coordination``: several daemons on one PostgreSQL store (leases, advisory locks).
 """
 
+from guard.store.coordination import (
+    Busy,
+    Heartbeat,
+    LiveReplica,
+    advisory_lock,
+    heartbeat,
+    is_postgres,
+    release,
+    replica_id,
+    replicas,
+)
 from guard.store.database import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -97,13 +109,16 @@ __all__ = [
     "INDEX_VALUE_BYTES",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "Busy",
     "Digest",
     "DraftRecord",
     "Evidence",
     "Feedback",
     "FeedbackMove",
     "FolderState",
+    "Heartbeat",
     "LabelCopy",
+    "LiveReplica",
     "RowRefused",
     "ScanRun",
     "SchemaVersion",
@@ -115,6 +130,7 @@ __all__ = [
     "ThreadRef",
     "add_evidence",
     "add_findings",
+    "advisory_lock",
     "as_utc_naive",
     "claim_mailbox",
     "clean_text",
@@ -131,6 +147,8 @@ __all__ = [
     "get_thread",
     "has_feedback",
     "has_other_uidvalidity",
+    "heartbeat",
+    "is_postgres",
     "iso_z",
     "join_commas",
     "join_lines",
@@ -149,6 +167,9 @@ __all__ = [
     "recorded_original",
     "ref_map",
     "refresh_thread",
+    "release",
+    "replica_id",
+    "replicas",
     "save_folder_state",
     "scan_totals_between",
     "set_refs",

@@ -26,19 +26,22 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, SQLModel
 
 from guard.errors import GuardError, Kind
+from guard.store.coordination import take_xact_lock
 from guard.store.models import (
+    AccountLease,
     Digest,
     DraftRecord,
     Evidence,
     Feedback,
     FeedbackMove,
+    Replica,
     ScanRun,
     SchemaVersion,
     StoredMessage,
 )
 from guard.store.values import utcnow
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class StoreError(GuardError):
@@ -107,7 +110,17 @@ def _v3_to_v4(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE thread ADD COLUMN {name} {ddl}"))
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: Connection) -> None:
+    """v5 adds the tables several daemons on one PostgreSQL store share accounts by
+    (``account_lease``, ``replica``; see ``guard.store.coordination``)."""
+    SQLModel.metadata.create_all(
+        conn,
+        tables=[AccountLease.__table__, Replica.__table__],  # type: ignore[attr-defined]
+        checkfirst=True,
+    )
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def _current_version(conn: Connection) -> int | None:
@@ -118,38 +131,43 @@ def _current_version(conn: Connection) -> int | None:
 
 
 def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> int:
-    """Create or upgrade the schema; returns the version the database is at."""
-    with engine.begin() as conn:
-        version = _current_version(conn)
-        if version is None:
-            tables = sa.inspect(conn).get_table_names()
-            if tables:
-                raise StoreError(
-                    "the database has tables but no schema_version: not an inbox-guard store"
-                )
-            SQLModel.metadata.create_all(conn)
-            conn.execute(
-                sa.insert(SchemaVersion.__table__).values(version=target, applied_at=utcnow())  # type: ignore[attr-defined]
-            )
-            return target
-    if version > target:
-        raise StoreError(
-            f"the database is at schema version {version}, newer than this inbox-guard "
-            f"understands ({target}); upgrade inbox-guard"
-        )
-    while version < target:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise StoreError(f"no migration from schema version {version}")
+    """Create or upgrade the schema; returns the version the database is at.
+
+    Each step is one transaction that first takes the schema lock (a PostgreSQL advisory
+    lock; SQLite serialises writers itself) and reads the version again under it, so any
+    number of daemons may start at once on an empty or older database: one creates or
+    migrates, the others wait for it and then find the work done."""
+    while True:
         with engine.begin() as conn:
+            take_xact_lock(conn, "inbox-guard schema")
+            version = _current_version(conn)
+            if version is None:
+                tables = sa.inspect(conn).get_table_names()
+                if tables:
+                    raise StoreError(
+                        "the database has tables but no schema_version: not an inbox-guard store"
+                    )
+                SQLModel.metadata.create_all(conn)
+                conn.execute(
+                    sa.insert(SchemaVersion.__table__).values(version=target, applied_at=utcnow())  # type: ignore[attr-defined]
+                )
+                return target
+            if version > target:
+                raise StoreError(
+                    f"the database is at schema version {version}, newer than this inbox-guard "
+                    f"understands ({target}); upgrade inbox-guard"
+                )
+            if version == target:
+                return version
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise StoreError(f"no migration from schema version {version}")
             step(conn)
             conn.execute(
                 sa.insert(SchemaVersion.__table__).values(  # type: ignore[attr-defined]
                     version=version + 1, applied_at=utcnow()
                 )
             )
-        version += 1
-    return version
 
 
 # --------------------------------------------------------------------------- opening

@@ -353,6 +353,27 @@ class FeedbackMove(SQLModel, table=True):
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
+class AccountLease(SQLModel, table=True):
+    """Which daemon owns an account (several daemons on one PostgreSQL store, v5): see
+    ``guard.store.coordination``. ``owner`` "" and an expiry in the past: free."""
+
+    __tablename__ = "account_lease"
+
+    account: str = Field(primary_key=True, max_length=200)
+    owner: str = Field(default="", max_length=200)
+    expires_at: NaiveDatetime = Field(index=True)
+
+
+class Replica(SQLModel, table=True):
+    """A daemon that shares the store, with when it last said it was alive (v5)."""
+
+    __tablename__ = "replica"
+
+    id: str = Field(primary_key=True, max_length=200)
+    started_at: NaiveDatetime
+    last_seen: NaiveDatetime = Field(index=True)
+
+
 def _clean_every_string_column(tables: Iterable[sa.Table]) -> None:
     """Give every string column of the store a cleaning type, so that no value reaches
     the database as it came out of a message: NUL and other control characters, lone
@@ -397,6 +418,8 @@ _clean_every_string_column(
         Digest,
         Feedback,
         FeedbackMove,
+        AccountLease,
+        Replica,
     )
 )
 _REF_TYPE: CleanString = ThreadRef.__table__.c.ref.type  # type: ignore[attr-defined]
