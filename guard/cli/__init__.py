@@ -4,7 +4,8 @@ Commands: ``check`` (verdicts for message files, text or JSON Lines), ``eval``
 (precision/recall of the rules on a labelled corpus), ``scan`` (one poll cycle of the
 mailbox), ``findings`` (what the store holds), ``run`` (the service), ``digest``,
 ``doctor`` (checks every link), ``export`` / ``verify`` (dispute evidence bundles),
-``feedback`` (what the user marked safe or reported, and undoing it).
+``feedback`` (what the user marked safe or reported, and undoing it), ``setup`` (a
+guided, checked configuration of a mailbox).
 The commands only parse arguments and print; the work is in the modules they call.
 
 Exit status: 0 on success, 1 when the work failed (a server, the store, an engine bug), 2
@@ -30,7 +31,7 @@ from guard.cli.common import _USAGE_ERRORS, PROG, Fail, app, error
 
 # The command modules register their commands on ``app`` when imported, in the order the
 # help lists them.
-for _commands in ("judging", "service", "records", "evidence", "feedback"):
+for _commands in ("judging", "service", "records", "evidence", "feedback", "setup"):
     importlib.import_module(f"guard.cli.{_commands}")
 
 # --------------------------------------------------------------------------- entry point

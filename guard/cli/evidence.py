@@ -1,4 +1,5 @@
-"""``export`` and ``verify``: dispute evidence bundles."""
+"""``export`` and ``verify``: dispute evidence bundles; ``report``: the report of a client
+who insisted on leaving the platform, with its bundle."""
 
 from __future__ import annotations
 
@@ -267,3 +268,71 @@ def verify(
             "recorded only"
         )
     sys.stdout.write(line + "\n")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    thread: Annotated[
+        str,
+        typer.Argument(
+            metavar="THREAD",
+            help="A thread id as `inbox-guard findings` shows it, or a unique prefix of one.",
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option("--dir", metavar="DIR", help="Where to write the evidence bundle."),
+    ] = Path("."),
+    account: Annotated[
+        str | None,
+        typer.Option("--account", metavar="NAME", help="Only threads of this [[account]]."),
+    ] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Prepare the report of a client who asked to leave the platform: a plain-text summary
+    for the platform's report form (who, when, what was asked, what you answered) and an
+    evidence bundle to attach, named in it with its SHA-256.
+
+    The guard makes one on its own when a client insists after two declines; this makes
+    (or makes again) the report of any thread."""
+    from datetime import UTC
+
+    from guard import reports
+    from guard.reports import escalation
+    from guard.store import StoreError
+
+    if not thread.strip():
+        fail("THREAD must not be empty")
+    if not out_dir.is_dir():
+        fail(f"cannot write the bundle: no such directory '{out_dir}'")
+    config = config_or_fail(config_path)
+    quiet_libraries()
+    store = store_or_fail(config)
+    try:
+        with store.session() as session:
+            (match,) = reports.select_threads(session, thread=thread, account=account)
+        made = escalation.make_report(
+            store,
+            match.account,
+            match.thread_id,
+            min_risk=config.policy.min_risk,
+            platform=config.drafts.platform,
+            out_dir=out_dir,
+            zone=reports.bundle_zone(config) or UTC,
+        )
+    except reports.NoThreadMatches as exc:
+        fail(str(exc))
+    except reports.TooManyThreads as exc:
+        error(str(exc))
+        _list_threads(exc.matches)
+        raise typer.Exit(2) from None
+    except (reports.ExportError, StoreError) as exc:
+        fail(str(exc), 1)
+    finally:
+        store.close()
+    sys.stdout.write(made.text)
+    sys.stdout.flush()

@@ -34,7 +34,7 @@ from guard.errors import GuardError, Kind
 from guard.locks import exclusive_lock, lock_file
 from guard.mailbox.labels import CATEGORY_TITLES, LEVEL_TITLES
 from guard.policy.model import CATEGORIES, LEVELS, UNCHECKED_EXPLANATION, UNCHECKED_RULE
-from guard.reports import templating
+from guard.reports import escalation, templating
 from guard.reports.advice import ADVICE, NOT_LEGAL_ADVICE, SUGGESTED_REPLIES
 from guard.reports.selection import (
     flagged_categories,
@@ -189,6 +189,9 @@ def _digest_threads(
         reported_threads(session, account, start=start, end=end, thread_ids=ids),
     )
     shown = [t for t in threads if not hidden_as_safe(t, flagged_categories(t))]
+    # the most urgent stage of the escalation ladder first (riskiest first within one)
+    order = {stage: i for i, stage in enumerate(escalation.URGENCY)}
+    shown.sort(key=lambda t: order.get(t.stage, len(order)))
     return shown, len(safe), len(reported)
 
 
@@ -201,6 +204,7 @@ def _thread_view(
     zone: tzinfo,
 ) -> DigestThread:
     members = st.thread_messages(session, thread.account, thread.thread_id)
+    report = session.get(st.ThreadReport, (thread.account, thread.thread_id))
     shown = members[-MAX_MESSAGES:]
     pks = [m.id for m in members if m.id is not None]
     findings = st.findings_for(session, pks)
@@ -260,6 +264,9 @@ def _thread_view(
         advice=tuple(Advice(c, CATEGORY_TITLES[c], ADVICE[c]) for c in categories),
         suggested_reply=SUGGESTED_REPLIES[reply_for] if reply_for else None,
         reported=thread.reported,
+        stage_title=escalation.TITLES.get(thread.stage, ""),
+        stage_advice=escalation.ADVICE.get(thread.stage, ""),
+        report=report.text if report is not None else "",
     )
 
 

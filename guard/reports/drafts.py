@@ -1,14 +1,18 @@
-"""Reply drafts: a polite decline for off-platform payment and contact requests.
+"""Reply drafts for off-platform payment and contact requests, one per rung of the ladder.
 
 When ``[drafts] enabled`` is on and a client asks to pay or talk outside the platform,
 the guard APPENDs a draft reply to the special-use ``\\Drafts`` folder: addressed to the
-client, threaded (In-Reply-To / References), flagged ``\\Draft``, never sent. The wording
-comes from templates in the package (or the user's own directory), in the language the
-client wrote in when it is one of en, es, pt, fr, de, ru.
+client, threaded (In-Reply-To / References), flagged ``\\Draft``, never sent. Which
+reply follows the thread's stage (``guard.reports.escalation``): rung 1 a polite decline
+(``decline.<lang>.txt``), rung 2 when the client asks again after a decline a firm
+restatement (``firm.<lang>.txt``), rung 3 when they insist a notice that the request was
+reported to the platform (``reported.<lang>.txt``). The wording comes from templates in
+the package (or the user's own directory, which may override any of them), in the
+language the client wrote in when it is one of en, es, pt, fr, de, ru.
 
-At most one draft per thread, ever: the store records each draft before it is written
-(write-ahead), so a draft the user deleted is never created again, and a draft whose
-APPEND was interrupted is looked for by its Message-ID before it is appended again.
+At most one draft per thread and rung, ever: the store records each draft before it is
+written (write-ahead), so a draft the user deleted is never created again, and a draft
+whose APPEND was interrupted is looked for by its Message-ID before it is appended again.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class Candidate:
     message: Message
     from_address: str  # the mailbox's own address, from the configuration ("" if unknown)
     row: DraftSource | None = None  # where the message is recorded (to follow thread merges)
+    rung: int = 1  # of the escalation ladder: which reply (1 decline, 2 firm, 3 reported)
 
 
 @dataclass(frozen=True)
@@ -121,9 +126,14 @@ def _first_name(display: str) -> str:
     return first[:40].strip("-.'’")
 
 
-def render_body(language: str, client: str, platform: str, user_dir: Path | None) -> str:
+TEMPLATES = {1: "decline", 2: "firm", 3: "reported"}
+
+
+def render_body(
+    language: str, client: str, platform: str, user_dir: Path | None, rung: int = 1
+) -> str:
     env = _environment(user_dir)
-    template = env.get_template(f"decline.{language}.txt")
+    template = env.get_template(f"{TEMPLATES[rung]}.{language}.txt")
     return template.render(client=_first_name(client), platform=platform)
 
 
@@ -142,8 +152,9 @@ def _reply_subject(subject: str) -> str:
     return subject if subject.lower().startswith("re:") else f"Re: {subject}"
 
 
-def draft_message_id(account: str, thread_id: str, domain: str) -> str:
-    digest = hashlib.sha256(f"{account}\0{thread_id}".encode()).hexdigest()[:24]
+def draft_message_id(account: str, thread_id: str, domain: str, rung: int = 1) -> str:
+    key = f"{account}\0{thread_id}" + (f"\0{rung}" if rung != 1 else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     if not _DOMAIN.fullmatch(domain or ""):
         domain = "inbox-guard.invalid"
     return f"<guard-draft-{digest}@{domain}>"
@@ -207,7 +218,7 @@ def compose(
         references = [references[0], *references[-(MAX_REFERENCES - 1) :]]
     subject = _reply_subject(msg.subject)
     name = _first_name(reply_to.name)
-    body = render_body(language, reply_to.name, platform, user_dir)
+    body = render_body(language, reply_to.name, platform, user_dir, candidate.rung)
 
     out = EmailMessage(policy=_POLICY)
     if from_parts is not None:
@@ -321,7 +332,8 @@ def write_drafts(
     platform: str,
     user_dir: Path | None,
 ) -> int:
-    """Append one draft per new thread; returns how many were appended."""
+    """Append one draft per thread and rung not drafted yet; returns how many were
+    appended."""
     if not candidates:
         return 0
     folder = conn.special_folder(DRAFTS)
@@ -329,15 +341,15 @@ def write_drafts(
         log.warning("drafts are enabled but the server has no \\Drafts folder; none written")
         return 0
     written = 0
-    seen: set[str] = set()
+    seen: set[tuple[str, int]] = set()
     for cand in candidates:
-        if cand.thread_id in seen:
+        if (cand.thread_id, cand.rung) in seen:
             continue
-        seen.add(cand.thread_id)
+        seen.add((cand.thread_id, cand.rung))
         domain = cand.from_address.rpartition("@")[2]
-        message_id = draft_message_id(account, cand.thread_id, domain)
+        message_id = draft_message_id(account, cand.thread_id, domain, cand.rung)
         with store.session() as session:
-            record = session.get(DraftRecord, (account, cand.thread_id))
+            record = session.get(DraftRecord, (account, cand.thread_id, cand.rung))
             if record is not None and record.done:
                 continue  # written once; if the user deleted it, that was their choice
             if record is not None and _already_there(conn, folder, record.message_id):
@@ -350,6 +362,7 @@ def write_drafts(
                     DraftRecord(
                         account=account,
                         thread_id=cand.thread_id,
+                        rung=cand.rung,
                         message_id=message_id,
                         folder=folder,
                         language=language,
@@ -362,12 +375,18 @@ def write_drafts(
             continue
         conn.append(folder, raw, ("\\Draft", "\\Seen"))
         with store.session() as session:
-            record = session.get(DraftRecord, (account, cand.thread_id))
+            record = session.get(DraftRecord, (account, cand.thread_id, cand.rung))
             if record is not None:
                 record.done = True
                 session.add(record)
         written += 1
-        log.info("draft reply for thread %s put in %s (%s)", cand.thread_id, folder, language)
+        log.info(
+            "draft reply (rung %d) for thread %s put in %s (%s)",
+            cand.rung,
+            cand.thread_id,
+            folder,
+            language,
+        )
     return written
 
 

@@ -104,6 +104,9 @@ class DigestThread(ThreadView):
     advice: tuple[Advice, ...]
     suggested_reply: str | None
     reported: bool = False  # the user reported it from the mail client
+    stage_title: str = ""  # where an off-platform request stands ("Asked again ...")
+    stage_advice: str = ""
+    report: str = ""  # at rung 3: the report to paste into the platform's form
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,12 @@ class FeedbackStep(ScanPart):
         if origin_uid is not None and origin_uid[1] == status.uidvalidity:
             self.conn.select(origin, readonly=True)
             still_there = bool(self.conn.existing_uids([origin_uid[0]]))
+        elif origin_uid is None and msg.message_id:
+            # not recorded yet (it came after the last scan): a copy when the same bytes
+            # are in INBOX already; then only the copy goes, and INBOX keeps one
+            self.conn.select(origin, readonly=True)
+            same_id = self.conn.uids_with_message_id(msg.message_id)
+            still_there = self.holds(same_id, digest)
         self.conn.select(folder, readonly=False)
         action = "delete" if still_there else "move"
         move = st.FeedbackMove(
@@ -219,6 +225,14 @@ class FeedbackStep(ScanPart):
         else:
             self.conn.expunge_one(fetched.uid)
         self.finish_move(move)
+
+    def holds(self, uids: Sequence[int], digest: str) -> bool:
+        """Whether one of ``uids`` of the selected folder is a message with these bytes."""
+        found = False
+        for group in self.conn.fetch_groups(uids, self.s.max_message_bytes, self.s.batch_bytes):
+            found = found or any(content_hash(f.raw) == digest for f in group)
+            group.clear()
+        return found
 
     def record(
         self,

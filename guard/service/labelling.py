@@ -20,6 +20,7 @@ from guard.mailbox import ImapError, Selected
 from guard.mailbox import labels as labelling
 from guard.mailbox.label_backends import LabelScheme, fixed_mode, keyword_mode, mode_fits
 from guard.policy.model import UNCHECKED_RULE
+from guard.reports import escalation
 from guard.service.work import PlannedLabel, ScanPart, ScanWork
 
 log = logging.getLogger("guard.service.scan")
@@ -107,6 +108,7 @@ class Labeller(ScanPart):
         cats = sorted({c for m in members for c in m.category_list})
         dates = [m.date for m in members if m.date is not None]
         thread.risk = risk
+        thread.stage = escalation.thread_stage(members, self.s.min_risk).name
         thread.score = max((m.score for m in members), default=0.0)
         thread.category_list = cats
         thread.subject = members[0].subject if members else ""

@@ -23,6 +23,7 @@ from guard.mailbox.label_backends import is_copy
 from guard.policy import RuleSet, Verdict, evaluate, level_at_least
 from guard.policy.feedback import Feedback, apply_feedback
 from guard.policy.model import UNCHECKED_RULE, unchecked_finding
+from guard.policy.stance import AGREE, DECLINE, reply_stance
 from guard.policy.structural import is_trusted_platform_sender
 from guard.reports import drafts
 from guard.service.labelling import Labeller
@@ -59,6 +60,7 @@ class Recorder(ScanPart):
         self.stale_checked: dict[str, bool] = {}  # folder -> rows under another UIDVALIDITY
         self.draft_candidates: list[drafts.Candidate] = []
         self.taught = Feedback()  # what the user taught (guard.service.feedback)
+        self.reported: set[str] = set()  # content hashes of the messages the user reported
         # called with the rows of each recorded run before their threads are labelled
         self.on_recorded: Callable[[Session, list[st.StoredMessage]], None] | None = None
 
@@ -68,7 +70,11 @@ class Recorder(ScanPart):
         msg = parse_message(fetched.raw)
         notes = list(msg.defects)
         verdict = evaluate(self.rules, msg)
-        if with_feedback and not self.taught.empty:
+        if (
+            with_feedback
+            and not self.taught.empty
+            and content_hash(fetched.raw) not in self.reported
+        ):
             verdict = apply_feedback(self.rules, verdict, msg, self.taught)
         if fetched.truncated:
             cut = (
@@ -287,4 +293,11 @@ class Recorder(ScanPart):
             score=verdict.score,
             categories=st.join_commas(verdict.categories),
             notes=st.join_lines(notes),
+            # the freelancer's own reply: does it decline, or go along with, leaving the
+            # platform (the escalation ladder reads it, guard.reports.escalation)
+            stance=self.stance(msg, verdict) if direction == "out" else "",
         )
+
+    def stance(self, msg: Message, verdict: Verdict) -> str:
+        found = reply_stance(self.rules, msg, verdict)
+        return found if found in (DECLINE, AGREE) else ""

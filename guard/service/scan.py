@@ -44,7 +44,8 @@ from guard.mailbox import (
     server_settings,
 )
 from guard.policy import LEVELS, RuleSet
-from guard.reports import drafts
+from guard.reports import drafts, escalation
+from guard.reports.bundle import ExportError
 from guard.service.feedback import FeedbackStep, account_feedback
 from guard.service.labelling import Labeller
 from guard.service.recording import Recorder
@@ -73,6 +74,7 @@ class ScanSettings:
     drafts: bool = False  # write a decline draft for off-platform requests
     drafts_platform: str = "the platform"
     drafts_dir: Path | None = None
+    reports_dir: Path | None = None  # where the evidence bundles of rung-3 reports go
 
     @classmethod
     def from_config(cls, config: Config, account: str = "default") -> ScanSettings:
@@ -94,6 +96,7 @@ class ScanSettings:
             drafts=config.drafts.enabled,
             drafts_platform=config.drafts.platform,
             drafts_dir=config.drafts.templates,
+            reports_dir=default_state_dir() / "reports",
         )
 
 
@@ -181,6 +184,12 @@ class _Scanner(ScanPart):
         self.summary.feedback = self.feedback.taken
         with self.unit() as session:
             self.recorder.taught = account_feedback(session, self.s.account)
+            # a message the user reported is not "similar to a message you reported"
+            self.recorder.reported = {
+                f.content_hash
+                for f in st.feedback_rows(session, self.s.account)
+                if f.kind == "report"
+            }
 
     def folders(self) -> list[str]:
         self.work.sent_folder = self.conn.special_folder(SENT)
@@ -298,21 +307,48 @@ class _Scanner(ScanPart):
             group.clear()  # hold nothing while the next run is fetched
 
     def write_drafts(self) -> None:
+        """One reply draft per thread for the rung its stage has reached (the reply to
+        the latest request), and at rung 3 the report for the platform."""
         if not self.s.drafts or self.dry_run or not self.recorder.draft_candidates:
             return
-        # A thread id may have changed since (threads merge): use the current one.
+        latest: dict[str, drafts.Candidate] = {}
+        insisting: list[str] = []
         with self.unit() as session:
             for cand in self.recorder.draft_candidates:
-                # by the recorded row, not by its Message-ID: another sender may reuse that
+                # A thread id may have changed since (threads merge): use the current one,
+                # by the recorded row, not by its Message-ID (another sender may reuse it)
                 cand.thread_id = drafts.current_thread(session, self.s.account, cand)
+                latest[cand.thread_id] = cand  # recorded in date order within a folder
+            for thread_id, cand in latest.items():
+                members = st.thread_messages(session, self.s.account, thread_id)
+                stage = escalation.thread_stage(members, self.s.min_risk)
+                cand.rung = stage.rung
+                if stage.name == escalation.INSISTS and not session.get(
+                    st.ThreadReport, (self.s.account, thread_id)
+                ):
+                    insisting.append(thread_id)
         self.summary.drafts = drafts.write_drafts(
             self.conn,
             self.store,
             self.s.account,
-            self.recorder.draft_candidates,
+            [c for c in latest.values() if c.rung],
             platform=self.s.drafts_platform,
             user_dir=self.s.drafts_dir,
         )
+        for thread_id in insisting:
+            try:
+                report = escalation.make_report(
+                    self.store,
+                    self.s.account,
+                    thread_id,
+                    min_risk=self.s.min_risk,
+                    platform=self.s.drafts_platform,
+                    out_dir=self.s.reports_dir,
+                )
+            except (ExportError, st.StoreError) as exc:
+                log.error("report for thread %s not made: %s", thread_id, exc)
+                continue
+            log.info("report for thread %s ready (%s)", thread_id, report.bundle or "no bundle")
 
 
 def scan(

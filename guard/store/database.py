@@ -38,10 +38,11 @@ from guard.store.models import (
     ScanRun,
     SchemaVersion,
     StoredMessage,
+    ThreadReport,
 )
 from guard.store.values import utcnow
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class StoreError(GuardError):
@@ -120,7 +121,41 @@ def _v4_to_v5(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(conn: Connection) -> None:
+    """v6 follows a thread up the escalation ladder: the stance of the freelancer's own
+    mail, the thread's stage, one draft per thread *and rung* (the draft table is rebuilt
+    with the rung in its key; every earlier draft is rung 1) and the reports made."""
+    inspector = sa.inspect(conn)
+    for table, column, ddl in (
+        ("message", "stance", "VARCHAR(10) NOT NULL DEFAULT ''"),
+        ("thread", "stage", "VARCHAR(20) NOT NULL DEFAULT ''"),
+    ):
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+    if "rung" not in {c["name"] for c in inspector.get_columns("draft")}:
+        names = ("account", "thread_id", "message_id", "folder", "language", "done", "created_at")
+        kept = [
+            dict(zip(names, row, strict=True))
+            for row in conn.execute(sa.text(f"SELECT {', '.join(names)} FROM draft"))
+        ]
+        conn.execute(sa.text("DROP TABLE draft"))
+        DraftRecord.__table__.create(conn)  # type: ignore[attr-defined]
+        if kept:
+            conn.execute(
+                sa.insert(DraftRecord.__table__),  # type: ignore[attr-defined]
+                [{**row, "rung": 1} for row in kept],
+            )
+    report_table = ThreadReport.__table__  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(conn, tables=[report_table], checkfirst=True)
+
+
+MIGRATIONS: dict[int, Migration] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+    5: _v5_to_v6,
+}
 
 
 def _current_version(conn: Connection) -> int | None:

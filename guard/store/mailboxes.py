@@ -60,6 +60,7 @@ _ACCOUNT_TABLES = (
     "digest",
     "feedback",
     "feedback_move",
+    "thread_report",
 )
 
 

@@ -125,6 +125,9 @@ class StoredMessage(_Categorised, SQLModel, table=True):
     label_pending: bool = False  # the thread wants more labels (ix_message_pending)
     labelled_at: NaiveDatetime | None = None
     first_seen_at: NaiveDatetime = Field(default_factory=utcnow)
+    # v6, the freelancer's own mail: "decline" (refuses to leave the platform), "agree"
+    # (goes along with it) or "" (neither, or a message received)
+    stance: str = Field(default="", max_length=10)
 
     @property
     def label_set(self) -> frozenset[str]:
@@ -189,6 +192,9 @@ class Thread(_Categorised, SQLModel, table=True):
     safe_categories: str = Field(default="", sa_type=sa.Text)  # comma-separated
     marked_safe: bool = False
     reported: bool = False
+    # where an off-platform request stands (v6, guard.reports.escalation): "" (none),
+    # asked, declined, asked_again, declined_twice, insists, agreed
+    stage: str = Field(default="", max_length=20)
 
     @property
     def safe_category_list(self) -> tuple[str, ...]:
@@ -255,13 +261,15 @@ class Evidence(SQLModel, table=True):
 
 
 class DraftRecord(SQLModel, table=True):
-    """One reply draft per thread, recorded before it is appended (``done`` after), so a
-    draft the user deleted is never created again."""
+    """One reply draft per thread and rung of the escalation ladder (1: the decline, 2: a
+    firm restatement, 3: the notice of a report), recorded before it is appended (``done``
+    after), so a draft the user deleted is never created again."""
 
     __tablename__ = "draft"
 
     account: str = Field(primary_key=True, max_length=200)
     thread_id: str = Field(primary_key=True, max_length=120)
+    rung: int = Field(default=1, primary_key=True)  # v6
     message_id: str = Field(max_length=998)
     folder: str = Field(max_length=500)
     language: str = Field(max_length=5)
@@ -353,6 +361,21 @@ class FeedbackMove(SQLModel, table=True):
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
+class ThreadReport(SQLModel, table=True):
+    """The report of a client who insisted on leaving the platform (rung 3, or asked for
+    with ``inbox-guard report``): the text to paste into the platform's form, and the
+    evidence bundle made for it (v6)."""
+
+    __tablename__ = "thread_report"
+
+    account: str = Field(primary_key=True, max_length=200)
+    thread_id: str = Field(primary_key=True, max_length=120)
+    text: str = Field(sa_type=sa.Text)
+    bundle: str = Field(default="", sa_type=sa.Text)  # the bundle's path
+    bundle_sha256: str = Field(default="", max_length=64)  # of its MANIFEST.json
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
 class AccountLease(SQLModel, table=True):
     """Which daemon owns an account (several daemons on one PostgreSQL store, v5): see
     ``guard.store.coordination``. ``owner`` "" and an expiry in the past: free."""
@@ -420,6 +443,7 @@ _clean_every_string_column(
         FeedbackMove,
         AccountLease,
         Replica,
+        ThreadReport,
     )
 )
 _REF_TYPE: CleanString = ThreadRef.__table__.c.ref.type  # type: ignore[attr-defined]

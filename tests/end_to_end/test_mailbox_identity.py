@@ -11,10 +11,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import sqlalchemy as sa
 from support.cli import run_cli
 from support.configs import write_config
-from support.db import rows
+from support.db import as_version, rows
 from support.servers import Dovecot, MailAccount
 
 from guard import store as st
@@ -146,18 +145,7 @@ def test_a_version_2_store_gains_the_mailbox_and_keeps_its_position(
     dovecot.save(user, SHARED)
     config = write_config(tmp_path, MailAccount(dovecot, user), url, imap=PLAIN)
     scan(config)
-    # make it a v2 database as v2 wrote it: no mailbox column (v3), no feedback tables
-    # or thread feedback columns (v4), schema_version 2
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE folder_state DROP COLUMN mailbox"))
-        for table in ("account_lease", "replica", "feedback_move", "feedback"):  # v5, v4
-            conn.execute(sa.text(f"DROP TABLE {table}"))
-        for column in ("safe_categories", "marked_safe", "reported"):
-            conn.execute(sa.text(f"ALTER TABLE thread DROP COLUMN {column}"))
-        conn.execute(sa.text("DELETE FROM schema_version"))
-        conn.execute(sa.text("INSERT INTO schema_version VALUES (2, '2026-11-01 00:00:00')"))
-    engine.dispose()
+    as_version(url, 2)  # as v2 wrote it: no mailbox column, none of v3's changes since
     dovecot.save(user, ONLY_B)
 
     proc = scan(config)

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 import sqlalchemy as sa
+from support.db import as_version
 
 from guard import store as st
 
@@ -48,18 +49,14 @@ def test_many_daemons_starting_at_once_on_an_empty_database(postgres_url: str) -
 
 def test_many_daemons_starting_at_once_on_an_older_database(postgres_url: str) -> None:
     st.Store(postgres_url).close()
+    as_version(postgres_url, 4)  # no lease tables, no escalation columns
     engine = sa.create_engine(postgres_url)
-    with engine.begin() as conn:  # back to v4: no lease tables
-        conn.execute(sa.text("DROP TABLE account_lease"))
-        conn.execute(sa.text("DROP TABLE replica"))
-        conn.execute(sa.text("DELETE FROM schema_version"))
-        conn.execute(sa.text("INSERT INTO schema_version VALUES (4, now())"))
     assert _open_all(postgres_url, 6) == [st.SCHEMA_VERSION] * 6
     with engine.connect() as conn:
         versions = sorted(r[0] for r in conn.execute(sa.text("SELECT version FROM schema_version")))
         assert sa.inspect(conn).has_table("account_lease")
     engine.dispose()
-    assert versions == [4, 5]  # migrated once
+    assert versions == list(range(4, st.SCHEMA_VERSION + 1))  # migrated once
 
 
 HOLDER = """

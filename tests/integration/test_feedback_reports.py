@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from support.cli import run_cli
 from support.configs import raw_config
-from support.db import rows
+from support.db import as_version, rows
 from support.flagged import add_thread
 
 from guard import reports
@@ -503,18 +503,7 @@ def _make_v3(url: str) -> None:
     add = st.Store(url)
     add_thread(add, "t:old", updated_at=T0, subject="Kept across the upgrade")
     add.close()
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for table in ("account_lease", "replica", "feedback_move", "feedback"):  # v5, v4
-            conn.execute(sa.text(f"DROP TABLE {table}"))
-        for column in ("safe_categories", "marked_safe", "reported"):
-            conn.execute(sa.text(f"ALTER TABLE thread DROP COLUMN {column}"))
-        conn.execute(sa.text("DELETE FROM schema_version"))
-        conn.execute(
-            sa.text("INSERT INTO schema_version (version, applied_at) VALUES (3, :at)"),
-            {"at": T0},
-        )
-    engine.dispose()
+    as_version(url, 3)
 
 
 def test_a_v3_store_is_migrated_in_place_and_keeps_its_rows(store_url: str, tmp_path: Path) -> None:
