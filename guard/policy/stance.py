@@ -11,12 +11,15 @@ consent). What the sentences hold decides:
 
 - **decline**: a refusal next to a way off the platform ("I can't move to WhatsApp"), a
   restatement that work, talk or payment stays on the platform ("let's keep everything on
-  Upwork", "let's keep it here"), the platform's terms next to either, or a bare "no"
-  opening a reply whose quoted text holds the request;
+  Upwork", "let's keep it here"), the platform's terms next to either or "against the
+  terms", or a bare "no" opening a reply whose quoted text holds the request; a refusal
+  the segmenter cut off as a signature (the short lines after "Thanks!") still counts;
 - **agree**: a handle or payment detail given (the engine's verdict counts an off-platform
-  category, or a handle sits next to a way off the platform with no refusal), or consent
-  next to a way off the platform and an act of moving or paying ("ok, add me on
-  WhatsApp", "sure, pay me by PayPal"), or an off-platform verdict with no refusal at all;
+  category, or a handle sits next to a way off the platform, or is called one's own, with
+  no refusal), or consent, an invitation or a proposal next to a way off the platform and
+  an act of moving or paying ("ok, add me on WhatsApp", "sure, pay me by PayPal", "drop
+  me a WhatsApp"), an off-platform verdict with no refusal at all, or a "yes" opening a
+  reply to a quoted request that goes on to act on it;
 - when a reply both declines and consents, the later statement is taken (people give the
   reason first and the answer last); a handle given always makes it an agreement.
 
@@ -58,7 +61,15 @@ _TOOLS = frozenset({"messenger", "pay_instrument", "outside", "s_off"})
 # What a refusal is about: a way off named as such, moving there, one's own details, a
 # cheque ("directly" alone is left out: "we never edit production directly").
 _OBJECTS = frozenset(
-    {"messenger", "pay_instrument", "s_off", "contact_move", "your_contact", "s_my_contact", "cheque"}
+    {
+        "messenger",
+        "pay_instrument",
+        "s_off",
+        "contact_move",
+        "your_contact",
+        "s_my_contact",
+        "cheque",
+    }
 )
 # Moving, paying, giving a detail, inviting contact, closing the contract.
 _ACTS = frozenset({"contact_move", "pay_action", "handle", "s_my_contact", "s_move"})
@@ -80,7 +91,8 @@ _AS_CONSENT = re2.compile(
     r"почему бы (?:и )?(?:нет|het))"
 )
 _BLANK = re2.compile(
-    r"\b(?:mak(?:e|es|ing) sure|made sure|be sure|(?:i'?m|i am|we'?re|we are) sure|can'?t wait|won'?t take long|don'?t hesitate|do not hesitate|"
+    r"\b(?:mak(?:e|es|ing) sure|made sure|be sure|(?:i'?m|i am|we'?re|we are) sure|"
+    r"can'?t wait|won'?t take long|don'?t hesitate|do not hesitate|"
     r"never mind|not only|not just|no later than|no more than|not yet|n'h[eé]sitez pas|"
     r"h[eé]sitez pas|nicht nur|nicht vergessen|z[oö]gern sie nicht|no dudes|n[aã]o hesite|"
     r"non esitare|niet alleen)\b|(?:не стесняйтесь|не только|не забудьте)"
@@ -144,11 +156,26 @@ def _read(cs: ConceptSet, text: str) -> _Sentences:
     return _Sentences(tuple(found), tuple(lengths))
 
 
-def _new_and_quoted(msg: Message) -> tuple[str, str]:
+def _parts(msg: Message) -> tuple[str, str, str]:
+    """The new text, the quoted history and the signature, each bounded."""
     plain, html = segments(msg)
     new = plain.new if plain.new.strip() else html.new
     quoted = plain.quoted if plain.quoted.strip() else html.quoted
-    return new[:MAX_STANCE_CHARS], quoted[:MAX_STANCE_CHARS]
+    signature = plain.signature if plain.new.strip() else html.signature
+    return new[:MAX_STANCE_CHARS], quoted[:MAX_STANCE_CHARS], signature[:MAX_STANCE_CHARS]
+
+
+def _refused_after_a_closing(cs: ConceptSet, signature: str) -> bool:
+    """A short reply under a "Thanks!" line is cut off as a signature by the segmenter: an
+    explicit refusal there still counts (a restatement does not: taglines such as "all
+    payments via Upwork" live in signatures)."""
+    if not signature.strip():
+        return False
+    s = _read(cs, signature)
+    return any(
+        _refuses_a_way_off(s, i) or not {"s_keep_here", "s_against"}.isdisjoint(found)
+        for i, found in enumerate(s.found)
+    )
 
 
 def _refuses_a_way_off(s: _Sentences, i: int) -> bool:
@@ -222,7 +249,7 @@ def reply_stance(rules: RuleSet, msg: Message, verdict: Verdict) -> str:
     verdict on that same message (an off-platform category means its new text shows a
     handle or payment detail)."""
     cs = stance_concepts()
-    new, quoted = _new_and_quoted(msg)
+    new, quoted, signature = _parts(msg)
     s = _read(cs, new)
     off_verdict = not OFF_PLATFORM.isdisjoint(verdict.categories)
     if _gives_handle(s, off_verdict):
@@ -251,4 +278,6 @@ def reply_stance(rules: RuleSet, msg: Message, verdict: Verdict) -> str:
         and s.has(_ACTS | _TOOLS | {"end_contract"})
     ):
         return AGREE  # "yes, that's fine: set me up" under the quoted request
+    if _refused_after_a_closing(cs, signature):
+        return DECLINE
     return NEUTRAL

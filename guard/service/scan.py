@@ -96,7 +96,7 @@ class ScanSettings:
             drafts=config.drafts.enabled,
             drafts_platform=config.drafts.platform,
             drafts_dir=config.drafts.templates,
-            reports_dir=default_state_dir() / "reports",
+            reports_dir=_reports_dir(config),
         )
 
 
@@ -124,6 +124,13 @@ class ScanError(GuardError):
 
 class ScanBusy(ScanError):
     """Another scan of this mailbox is running (this process's or another daemon's)."""
+
+
+def _reports_dir(config: Config) -> Path:
+    """Where rung-3 reports keep their evidence bundles: beside a SQLite store, else in the
+    state directory (``reports/``)."""
+    db = config.sqlite_path
+    return (db.parent if db is not None else default_state_dir()) / "reports"
 
 
 def _lock_path(config: Config, account: str) -> Path:
