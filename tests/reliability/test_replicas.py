@@ -10,6 +10,7 @@ read back over IMAP and from the database.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -143,6 +144,13 @@ def test_three_daemons_share_twenty_mailboxes_and_survive_a_kill_and_a_stop(
         return sum(per_daemon.values()) == len(names) and sorted(per_daemon.values()) == [6, 7, 7]
 
     wait_until(balanced, 60, "mailboxes shared out")
+    listed = json.loads(
+        run_cli("replicas", "--config", str(config), "--format", "json", check=True).stdout
+    )
+    assert len(listed["daemons"]) == 3 and listed["not_owned"] == []
+    assert sorted(a for d in listed["daemons"] for a in d["accounts"]) == names
+    doctor = run_cli("doctor", "--config", str(config))
+    assert "daemons: 3 running" in doctor.stdout
     deliver(20)
     # the cut point: at a seeded moment while the daemons work through the new mail
     time.sleep(rng.uniform(0.0, 4.0))
