@@ -538,3 +538,40 @@ def test_a_v3_store_is_migrated_in_place_and_keeps_its_rows(store_url: str, tmp_
     config = write_cli_config(tmp_path, store_url)
     code, out, _ = feedback_cli(config)
     assert code == 0 and "safe (moved to Guard/Safe)" in out
+
+
+# --------------------------------------------------------------------------- escalation
+
+
+def test_digest_puts_the_most_urgent_stage_first_with_its_advice_and_report(
+    store: st.Store, store_url: str
+) -> None:
+    stages = {
+        "t:asked": ("asked", "Asked once"),
+        "t:declined": ("declined", "Declined already"),
+        "t:again": ("asked_again", "Asked again"),
+        "t:agreed": ("agreed", "You said yes"),
+        "t:insists": ("insists", "Insists"),
+        "t:plain": ("", "Plain phishing"),
+    }
+    for thread_id, (stage, subject) in stages.items():
+        add_thread(store, thread_id, updated_at=T0, subject=subject)
+        with store.session() as session:
+            row = st.get_thread(session, ACCOUNT, thread_id)
+            assert row is not None
+            row.stage = stage
+            session.add(row)
+    with store.session() as session:
+        session.add(
+            st.ThreadReport(
+                account=ACCOUNT, thread_id="t:insists", text="Report to Upwork: <b>x</b>\n"
+            )
+        )
+    rendered = preview(store, store_url)
+    order = [t.subject for t in rendered.content.threads]
+    assert order[:3] == ["Insists", "You said yes", "Asked again"]
+    assert order.index("Asked once") < order.index("Declined already")
+    assert "The client insists after you declined twice: report them." in rendered.text
+    assert "Step back before any work or payment" in rendered.text
+    assert "   | Report to Upwork: <b>x</b>" in rendered.text
+    assert "Report to Upwork: &lt;b&gt;x&lt;/b&gt;" in rendered.html  # escaped in HTML
