@@ -164,7 +164,8 @@ class Daemon:
         self.env = env
         self.config: Config = load_config(config_path, env)
         self.rules: RuleSet = load_rules(list(self.config.policy.rules))
-        self.store = st.Store(self.config.store.url)
+        # on a server, enough connections for every parallel scan and its scan lock
+        self.store = st.Store(self.config.store.url, pool=2 * self.config.schedule.max_parallel + 4)
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.scheduler = BackgroundScheduler(
@@ -227,6 +228,11 @@ class Daemon:
         if beat.gained or beat.lost:
             self._status()
 
+    def _lease_loop(self) -> None:
+        every = max(self.config.store.lease / 3, 1.0)
+        while not self.stopping.wait(every):
+            self.lease_job()
+
     # -- jobs ----------------------------------------------------------------------
 
     def _control(self, state: AccountState) -> ScanControl:
@@ -245,7 +251,10 @@ class Daemon:
         """One poll of one mailbox. At most ``schedule.max_parallel`` run at once, so a
         slow or failing mailbox never holds up the others for longer than its turn."""
         state = self.states.get(name)
-        if state is None or self.stopping.is_set() or not self.owns(name):
+        if state is None or self.stopping.is_set():
+            return
+        if not self.owns(name):
+            log.debug("%sanother daemon owns this mailbox: poll skipped", _who(self.config, name))
             return
         with self.parallel:
             if self.stopping.is_set() or not self.owns(name):
@@ -535,13 +544,10 @@ class Daemon:
         self.scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
         if self.clustered:
             self.lease_job()  # before the first poll: take this daemon's share
-            self.scheduler.add_job(
-                self.lease_job,
-                IntervalTrigger(seconds=max(self.config.store.lease / 3, 1.0), timezone=UTC),
-                id="lease",
-                max_instances=1,
-                coalesce=True,
-            )
+            # A thread of its own, never queued behind scans waiting for a free slot in
+            # the scheduler's pool: a late renewal would hand mailboxes over (and back)
+            # while this daemon is alive and well.
+            threading.Thread(target=self._lease_loop, name="lease", daemon=True).start()
         self._schedule()
         interval = watchdog_interval(self.env)
         if interval is not None:

@@ -271,13 +271,18 @@ def _refuses_a_row(exc: OperationalError) -> bool:
 class Store:
     """An open store. ``session()`` gives a unit of work that commits on success."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool: int | None = None) -> None:
+        """``pool``: connections kept to a database server (SQLAlchemy's default when None;
+        ignored for SQLite)."""
         self.url = url
         path = sqlite_path(url)
         try:
             if path is not None:
                 _prepare_sqlite_file(path)
-            self.engine = sa.create_engine(url)
+            options: dict[str, Any] = {}
+            if pool is not None and path is None and not url.startswith("sqlite"):
+                options = {"pool_size": pool, "max_overflow": pool}
+            self.engine = sa.create_engine(url, **options)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _on_sqlite_connect)
             self.version = migrate(self.engine)
