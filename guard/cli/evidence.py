@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,25 @@ def _list_threads(matches: Sequence[Any]) -> None:
             f"{m.messages} message(s)  [{m.risk}]  {clean(m.subject)[:80] or '(no subject)'}\n"
         )
     sys.stderr.flush()
+
+
+@contextmanager
+def _thread_errors() -> Iterator[None]:
+    """The one-line errors of picking a thread and writing its bundle: exit 2 for a THREAD
+    that matches none or several (listed), 1 for a store or export failure."""
+    from guard import reports
+    from guard.store import StoreError
+
+    try:
+        yield
+    except reports.NoThreadMatches as exc:
+        fail(str(exc))
+    except reports.TooManyThreads as exc:
+        error(str(exc))
+        _list_threads(exc.matches)
+        raise typer.Exit(2) from None
+    except (reports.ExportError, StoreError) as exc:
+        fail(str(exc), 1)
 
 
 @app.command()
@@ -107,7 +127,6 @@ def export(
     server failure; 2 on bad usage.
     """
     from guard import reports
-    from guard.store import StoreError
 
     if thread is not None and (query is not None or sender is not None):
         fail("give a THREAD id, or --query/--sender, not both")
@@ -129,32 +148,25 @@ def export(
     store = store_or_fail(config)
     source = reports.ImapSource(config)
     try:
-        with store.session() as session:
-            matches = reports.select_threads(
-                session,
-                thread=thread,
-                query=query,
-                sender=sender,
-                account=account,
-                several=all_matches,
+        with _thread_errors():
+            with store.session() as session:
+                matches = reports.select_threads(
+                    session,
+                    thread=thread,
+                    query=query,
+                    sender=sender,
+                    account=account,
+                    several=all_matches,
+                )
+            result = reports.export_bundle(
+                store,
+                matches,
+                out,
+                source=source,
+                zone=reports.bundle_zone(config),
+                prefix_bytes={a.name: a.imap.max_message_bytes for a in config.accounts},
+                overwrite=force,
             )
-        result = reports.export_bundle(
-            store,
-            matches,
-            out,
-            source=source,
-            zone=reports.bundle_zone(config),
-            prefix_bytes={a.name: a.imap.max_message_bytes for a in config.accounts},
-            overwrite=force,
-        )
-    except reports.NoThreadMatches as exc:
-        fail(str(exc))
-    except reports.TooManyThreads as exc:
-        error(str(exc))
-        _list_threads(exc.matches)
-        raise typer.Exit(2) from None
-    except (reports.ExportError, StoreError) as exc:
-        fail(str(exc), 1)
     finally:
         source.close()
         store.close()
@@ -303,7 +315,6 @@ def report(
 
     from guard import reports
     from guard.reports import escalation
-    from guard.store import StoreError
 
     if not thread.strip():
         fail("THREAD must not be empty")
@@ -313,25 +324,18 @@ def report(
     quiet_libraries()
     store = store_or_fail(config)
     try:
-        with store.session() as session:
-            (match,) = reports.select_threads(session, thread=thread, account=account)
-        made = escalation.make_report(
-            store,
-            match.account,
-            match.thread_id,
-            min_risk=config.policy.min_risk,
-            platform=config.drafts.platform,
-            out_dir=out_dir,
-            zone=reports.bundle_zone(config) or UTC,
-        )
-    except reports.NoThreadMatches as exc:
-        fail(str(exc))
-    except reports.TooManyThreads as exc:
-        error(str(exc))
-        _list_threads(exc.matches)
-        raise typer.Exit(2) from None
-    except (reports.ExportError, StoreError) as exc:
-        fail(str(exc), 1)
+        with _thread_errors():
+            with store.session() as session:
+                (match,) = reports.select_threads(session, thread=thread, account=account)
+            made = escalation.make_report(
+                store,
+                match.account,
+                match.thread_id,
+                min_risk=config.policy.min_risk,
+                platform=config.drafts.platform,
+                out_dir=out_dir,
+                zone=reports.bundle_zone(config) or UTC,
+            )
     finally:
         store.close()
     sys.stdout.write(made.text)

@@ -368,17 +368,22 @@ class FeedbackStep(ScanPart):
                 if row is None:
                     continue  # not recorded yet: the label stays until it is
                 with self.unit() as session:
-                    self.record(
-                        session,
-                        kind=kind,
-                        via="gmail-label",
-                        msg=None,
-                        categories=row.category_list,
-                        digest=row.content_hash,
-                        original=row,
-                        sender_trusted=self.passed_auth(session, row),
-                    )
+                    self.record_on(session, row, kind, "gmail-label")
                 self.conn.remove_gmail_labels([uid], [label])
+
+    def record_on(self, session: Session, row: st.StoredMessage, kind: str, via: str) -> None:
+        """Feedback on a recorded message that stays where it is (a Gmail label added, the
+        guard's keywords taken away): what the guard knows of it comes from its row."""
+        self.record(
+            session,
+            kind=kind,
+            via=via,
+            msg=None,
+            categories=row.category_list,
+            digest=row.content_hash,
+            original=row,
+            sender_trusted=self.passed_auth(session, row),
+        )
 
     def passed_auth(self, session: Session, row: st.StoredMessage) -> bool:
         """Whether a recorded message's sender passed authentication (no auth failure
@@ -428,16 +433,7 @@ class FeedbackStep(ScanPart):
             if not written or written & now:
                 continue
             with self.unit() as session:
-                self.record(
-                    session,
-                    kind=SAFE,
-                    via="keywords",
-                    msg=None,
-                    categories=row.category_list,
-                    digest=row.content_hash,
-                    original=row,
-                    sender_trusted=self.passed_auth(session, row),
-                )
+                self.record_on(session, row, SAFE, "keywords")
                 stored = session.get(st.StoredMessage, row.id)
                 if stored is not None:  # the user took them away: not ours to write again
                     stored.label_set = {s for s in stored.label_set if kind_of(s) != "keyword"}
