@@ -152,6 +152,9 @@ class AccountState:
     last_summary: ScanSummary | None = None
     last_error: str | None = None
     connections: dict[str, Mailbox] = field(default_factory=dict)  # "scan"/"idle" -> live
+    # the next good scan looks for a missed digest: the first one after start, and the
+    # first one after this daemon took the mailbox over from another
+    catch_up: bool = True
 
     @property
     def job_id(self) -> str:
@@ -223,6 +226,8 @@ class Daemon:
                 conn.cut()
         for name in sorted(beat.gained):
             log.info("%sthis daemon owns this mailbox now; scanning", _who(config, name))
+            if name in self.states:  # its owner may have died before sending the digest
+                self.states[name].catch_up = True
             with contextlib.suppress(JobLookupError):
                 self.scheduler.modify_job(f"scan:{name}", next_run_time=datetime.now(UTC))
         if beat.gained or beat.lost:
@@ -297,7 +302,8 @@ class Daemon:
         self._status()
         # the first scan has filled the store: a missed digest can go; else (or when none
         # was missed) a digest left pending: a failed send, or a daemon that died sending it
-        if not (state.scans == 1 and self._catch_up_digest(name)):
+        caught_up, state.catch_up = state.catch_up and self._catch_up_digest(name), False
+        if not caught_up:
             self._retry_pending_digest(name)
 
     def _scan_failed(self, state: AccountState, exc: GuardError) -> None:
