@@ -463,14 +463,14 @@ def kill_then_clean_run(
     assert_put_back(s, plan, twin, cli=False)
 
 
-@pytest.mark.seeds(fast=3, soak=20)
+@pytest.mark.seeds(fast=2, soak=20)
 def test_feedback_put_back_survives_kill_9_at_each_step(
     seed: int, scenario: Callable[..., Scenario]
 ) -> None:
     kill_then_clean_run(scenario, "feedback-kill", seed)
 
 
-@pytest.mark.seeds(fast=2, soak=20)
+@pytest.mark.seeds(fast=1, soak=20)
 def test_feedback_put_back_survives_connection_cuts(
     seed: int, scenario: Callable[..., Scenario]
 ) -> None:
