@@ -172,9 +172,10 @@ class FeedbackStep(ScanPart):
         if origin_uid is not None and origin_uid[1] == status.uidvalidity:
             self.conn.select(origin, readonly=True)
             still_there = bool(self.conn.existing_uids([origin_uid[0]]))
-        elif origin_uid is None and msg.message_id:
-            # not recorded yet (it came after the last scan): a copy when the same bytes
-            # are in INBOX already; then only the copy goes, and INBOX keeps one
+        elif msg.message_id:
+            # not recorded yet (it came after the last scan), or recorded under a
+            # UIDVALIDITY the folder no longer has: a copy when the same bytes are in the
+            # folder already; then only the copy goes, and the folder keeps one
             self.conn.select(origin, readonly=True)
             same_id = self.conn.uids_with_message_id(msg.message_id)
             still_there = self.holds(same_id, digest)

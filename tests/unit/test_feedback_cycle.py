@@ -157,3 +157,18 @@ def test_forgetting_a_safe_mark_brings_the_labels_back(
     back = next(u for u, r in fake.messages().items() if r == raw)
     assert PAYMENT_KEYWORD in fake.flags()[back]
     assert len(fake.messages(PAYMENT_FOLDER)) == 1
+
+
+def test_a_copy_is_recognised_after_the_inbox_was_renumbered(
+    db: Path, store: st.Store, rules: RuleSet
+) -> None:
+    """The original's recorded UID belongs to an old UIDVALIDITY: the copy in Guard/Safe
+    is still recognised by its bytes, and INBOX keeps one message."""
+    fake = MemoryMailbox()
+    uid, raw = labelled(fake, store, rules)
+    user_moves(fake, uid, SAFE, copy=True)
+    fake.renumber("INBOX")
+    run(fake, store, rules)
+    assert [r for r in fake.messages().values() if r == raw] == [raw]
+    assert fake.messages(SAFE) == {}
+    assert rows(db, "SELECT via FROM feedback") == [("copy",)]
