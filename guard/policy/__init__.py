@@ -16,7 +16,7 @@ configuration or the reports, so that a verdict depends on the message and the r
 """
 
 from guard.policy.engine import sum_findings
-from guard.policy.judge import evaluate
+from guard.policy.judge import evaluate, warm_up
 from guard.policy.model import CATEGORIES, LEVELS, Finding, RulesError, Verdict, level_at_least
 from guard.policy.rules import RuleSet, load_rules
 
@@ -31,4 +31,5 @@ __all__ = [
     "level_at_least",
     "load_rules",
     "sum_findings",
+    "warm_up",
 ]

@@ -51,7 +51,7 @@ from guard.config import Config, ConfigError, default_state_dir, load_config
 from guard.errors import GuardError, kind_of, retry_delay
 from guard.locks import exclusive_lock, lock_file
 from guard.mailbox import Connection, ImapError, Mailbox, server_settings
-from guard.policy import RulesError, RuleSet, load_rules
+from guard.policy import RulesError, RuleSet, load_rules, warm_up
 from guard.service.scan import ScanBusy, ScanControl, ScanSettings, scan
 from guard.service.work import ScanSummary
 
@@ -142,6 +142,15 @@ def setup_logging(verbose: bool = False, env: Mapping[str, str] = os.environ) ->
 # --------------------------------------------------------------------------- daemon
 
 
+def _warm_up(rules: RuleSet) -> None:
+    """Build the rules' matchers before the scans need them (see ``guard.policy.warm_up``).
+    A failure here is not the daemon's end: the first scan builds them, or reports why."""
+    try:
+        warm_up(rules)
+    except Exception as exc:
+        log.warning("could not prepare the rules ahead of the first scan: %s", exc)
+
+
 @dataclass
 class AccountState:
     """What the daemon knows about one mailbox between its scans."""
@@ -216,6 +225,14 @@ class Daemon:
         except Exception as exc:  # the store unreachable: the leases lapse on their own
             log.error("lease renewal failed: %s", st.describe_error(exc))
             return
+        took = time.monotonic() - began
+        if self.owned and began + took > self.owned_until:
+            log.warning(
+                "lease renewal came %.1f s late (the heartbeat took %.1f s): this daemon's "
+                "mailboxes may have gone to another daemon meanwhile",
+                began + took - self.owned_until,
+                took,
+            )
         self.owned = beat.owned
         self.owned_until = began + ttl * 0.8
         self.live = beat.live
@@ -528,6 +545,7 @@ class Daemon:
         except (ConfigError, RulesError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        _warm_up(rules)
         if config.store.url != self.config.store.url:
             log.warning("store.url changed: takes effect after a restart")
         with self._lock:
@@ -548,6 +566,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._signal)
         self.scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
+        _warm_up(self.rules)
         if self.clustered:
             self.lease_job()  # before the first poll: take this daemon's share
             # A thread of its own, never queued behind scans waiting for a free slot in

@@ -134,6 +134,10 @@ def heartbeat(
     wanted = sorted(set(accounts))
     interval = sa.text(f"make_interval(secs => {float(ttl)!r})")
     with engine.begin() as conn:
+        # Never wait long on another daemon's locks: one that stalls in the middle of its
+        # heartbeat (a busy machine) must not hold up everyone else's renewal. A renewal
+        # that times out is tried again at the next beat.
+        conn.execute(sa.text(f"SET LOCAL lock_timeout = {max(int(ttl * 1000 / 6), 200)}"))
         conn.execute(
             sa.text(
                 "INSERT INTO replica (id, started_at, last_seen) VALUES (:me, now(), now()) "
@@ -141,14 +145,25 @@ def heartbeat(
             ),
             {"me": me},
         )
-        if wanted:
+        known = {
+            row[0]
+            for row in conn.execute(
+                sa.text(
+                    "SELECT account FROM account_lease WHERE account = ANY(CAST(:a AS text[]))"
+                ),
+                {"a": wanted},
+            )
+        }
+        if set(wanted) - known:
+            # Only for accounts new to the table: an insert that meets a row another
+            # daemon is renewing waits for that daemon's transaction to end.
             conn.execute(
                 sa.text(
                     "INSERT INTO account_lease (account, owner, expires_at) "
                     "SELECT a, '', 'epoch'::timestamp FROM unnest(CAST(:a AS text[])) AS a "
                     "ON CONFLICT (account) DO NOTHING"
                 ),
-                {"a": wanted},
+                {"a": sorted(set(wanted) - known)},
             )
         renewed = {
             row[0]

@@ -158,3 +158,40 @@ def test_a_busy_account_is_not_handed_back(postgres_url: str) -> None:
     a = st.heartbeat(engine, "A", accounts, 5.0, a.owned, busy=frozenset(accounts))
     assert a.owned == frozenset(accounts)  # both are being scanned: none handed back yet
     engine.dispose()
+
+
+def test_a_daemon_stalled_in_its_heartbeat_does_not_hold_up_the_others(
+    postgres_url: str,
+) -> None:
+    """Seen under load: a daemon paused in the middle of its heartbeat transaction (its
+    interpreter busy elsewhere) kept its renewed rows locked, and every other daemon's
+    heartbeat waited behind it until their own leases lapsed."""
+    st.Store(postgres_url).close()
+    engine = sa.create_engine(postgres_url)
+    accounts = [f"a{i}" for i in range(6)]
+    a = st.heartbeat(engine, "A", accounts, 30.0, frozenset())
+    b = st.heartbeat(engine, "B", accounts, 30.0, frozenset())
+    a = st.heartbeat(engine, "A", accounts, 30.0, a.owned)
+    b = st.heartbeat(engine, "B", accounts, 30.0, b.owned)
+    assert len(a.owned) == len(b.owned) == 3
+    # A's renewal, left open as a stalled daemon leaves it
+    stalled = engine.connect()
+    stalled.begin()
+    stalled.execute(
+        sa.text("UPDATE account_lease SET expires_at = now() + interval '30 s' WHERE owner = 'A'")
+    )
+    done: list[st.Heartbeat] = []
+    beat = threading.Thread(
+        target=lambda: done.append(st.heartbeat(engine, "B", accounts, 30.0, b.owned)),
+        daemon=True,
+    )
+    beat.start()
+    beat.join(20)  # it used to wait for as long as A's transaction stayed open
+    try:
+        assert done, "B's heartbeat waited for the stalled daemon's transaction"
+        assert done[0].owned == b.owned and done[0].live == 2
+    finally:
+        stalled.rollback()
+        stalled.close()
+        beat.join(10)
+        engine.dispose()
