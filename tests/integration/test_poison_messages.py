@@ -28,6 +28,7 @@ from support.cli import run_cli
 from support.configs import write_config
 from support.db import rows
 from support.mail import PAYMENT_BODY, harmless, make
+from support.rules import builtin_rules
 from support.servers import Dovecot, MailAccount
 
 from guard import store as st
@@ -175,7 +176,6 @@ def test_message_the_store_refuses_is_recorded_as_unreadable_and_the_scan_goes_o
     """Whatever slips past the normalisation: the store refusing one message's row makes it
     "unreadable" (UID, hash, the unchecked finding), never the end of the scan."""
     from guard.config import load_config
-    from guard.policy import load_rules
     from guard.service.scan import ScanSettings, scan
 
     mailbox.append_many([_ordinary(0), _ordinary(1), POISONS["nul-subject"], _ordinary(3)])
@@ -190,7 +190,7 @@ def test_message_the_store_refuses_is_recorded_as_unreadable_and_the_scan_goes_o
 
     monkeypatch.setattr(st.StoredMessage, "__init__", refuse_marked)
     try:
-        summary = scan(ScanSettings.from_config(config), store, load_rules())
+        summary = scan(ScanSettings.from_config(config), store, builtin_rules())
     finally:
         store.close()
     assert summary.new_messages == 4
@@ -300,7 +300,6 @@ def _property_run(
     dovecot: Dovecot, url: str, tmp: Path, counter: list[int], raws: list[bytes]
 ) -> None:
     from guard.config import load_config
-    from guard.policy import load_rules
     from guard.service.scan import ScanSettings, scan
 
     counter[0] += 1
@@ -312,7 +311,7 @@ def _property_run(
     settings = dataclasses.replace(settings, account=acct.user)
     store = st.Store(url)
     try:
-        scan(settings, store, load_rules())
+        scan(settings, store, builtin_rules())
     finally:
         store.close()
     got = [

@@ -21,10 +21,10 @@ from support.cli import CLI, run_cli
 from support.configs import raw_config, write_config
 from support.db import db_rows
 from support.mail import CONTACT_BODY, harmless, make, mixed, risky_payment
+from support.rules import builtin_rules
 from support.servers import MailAccount
 
 from guard.config import load_config
-from guard.policy import load_rules
 from guard.service.scan import ScanSettings, scan
 from guard.store import Store
 
@@ -388,8 +388,8 @@ def test_store_on_postgresql(mailbox: MailAccount, tmp_path: Path, postgres_url:
     config = load_config(config_path)
     store = Store(config.store.url)
     try:
-        summary = scan(ScanSettings.from_config(config), store, load_rules())
-        again = scan(ScanSettings.from_config(config), store, load_rules())
+        summary = scan(ScanSettings.from_config(config), store, builtin_rules())
+        again = scan(ScanSettings.from_config(config), store, builtin_rules())
     finally:
         store.close()
     assert summary.new_messages == 5 and summary.labelled == 2

@@ -20,13 +20,13 @@ from sqlmodel import select
 from support.configs import write_config
 from support.db import db_rows
 from support.mail import harmless, make, risky_payment
+from support.rules import builtin_rules
 from support.servers import MailAccount
 
 from guard import reports as dg
 from guard import store as st
 from guard.config import Config, load_config
 from guard.mailbox import imap as imap_module
-from guard.policy import load_rules
 from guard.policy.model import UNCHECKED_CATEGORY, UNCHECKED_RULE, unchecked_finding
 from guard.service.scan import ScanSettings, scan
 from guard.service.work import ScanSummary
@@ -43,7 +43,7 @@ def run_scan(config_path: Path) -> ScanSummary:
     config = load_config(config_path)
     store = st.Store(config.store.url)
     try:
-        return scan(ScanSettings.from_config(config), store, load_rules())
+        return scan(ScanSettings.from_config(config), store, builtin_rules())
     finally:
         store.close()
 
