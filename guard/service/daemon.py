@@ -180,8 +180,16 @@ class Daemon:
         self.store = st.Store(self.config.store.url, pool=2 * self.config.schedule.max_parallel + 4)
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
+        # Scans have a pool of their own, the size of their parallel limit: due scans
+        # wait in its queue, not in threads of the pool the digest and the systemd
+        # watchdog run on (with more due mailboxes than threads, the watchdog's ping
+        # waited behind them, and systemd would kill a daemon that was only busy).
         self.scheduler = BackgroundScheduler(
-            timezone=UTC, executors={"default": ThreadPoolExecutor(max_workers=32)}
+            timezone=UTC,
+            executors={
+                "default": ThreadPoolExecutor(max_workers=8),
+                "scans": ThreadPoolExecutor(max_workers=self.config.schedule.max_parallel),
+            },
         )
         self.states: dict[str, AccountState] = {}
         self.parallel = threading.BoundedSemaphore(self.config.schedule.max_parallel)
@@ -506,6 +514,7 @@ class Daemon:
                 IntervalTrigger(seconds=config.schedule.poll_interval, timezone=UTC),
                 args=[name],
                 id=state.job_id,
+                executor="scans",
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,

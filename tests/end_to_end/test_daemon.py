@@ -101,6 +101,54 @@ def test_daemon_reports_to_systemd_notify_socket(
     d.stop()
 
 
+def test_watchdog_keeps_pinging_while_many_mailboxes_wait_for_a_scan_slot(
+    tmp_path: Path, daemons: Callable[..., Daemon]
+) -> None:
+    """An agency's daemon with more due mailboxes than the scheduler has threads, and one
+    scan slot held by a server that never answers: the scans wait their turn, and systemd
+    must still hear from the daemon (it used to wait behind them, to be killed as hung)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections complete in the kernel; nothing ever answers
+    sock_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(0.5)
+    secret = tmp_path / "pw"
+    secret.write_text("not-used")
+    secret.chmod(0o600)
+    accounts = [
+        {
+            "name": f"m{i:02d}",
+            "imap": {
+                "host": "127.0.0.1",
+                "port": silent.getsockname()[1],
+                "tls": "none",
+                "username": f"u{i}",
+                "password_file": str(secret),
+                "timeout": 30,
+            },
+        }
+        for i in range(40)
+    ]
+    config = write_config(
+        tmp_path, None, None, schedule={"poll_interval": 60, "max_parallel": 1}, account=accounts
+    )
+    d = daemons(config, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"})
+    pings = 0
+    try:
+        deadline = time.monotonic() + 60
+        while pings < 3 and time.monotonic() < deadline and not d.count("scan failed"):
+            with contextlib.suppress(TimeoutError):
+                pings += notify.recv(4096).decode().count("WATCHDOG=1")
+        assert pings >= 3, "no watchdog ping while the scans waited: " + "\n".join(d.lines[-5:])
+        assert not d.count("scan failed")  # still within the first scan's timeout
+    finally:
+        notify.close()
+        silent.close()
+        d.stop()
+
+
 def test_sighup_reloads_and_a_broken_config_keeps_the_old_one(
     mailbox: MailAccount, tmp_path: Path, daemons: Callable[..., Daemon]
 ) -> None:
