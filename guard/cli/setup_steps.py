@@ -264,10 +264,11 @@ def dry_run(config: Config, account: str, days: int = 7) -> Any:
 
 
 def unit_source(name: str) -> Path | None:
-    """The unit file shipped in the source tree's ``systemd/`` directory, if there is one."""
+    """The unit file shipped with the program (``guard/service/units``, which the source
+    tree's ``systemd/`` links to), if there is one."""
     import guard
 
-    path = Path(guard.__file__).resolve().parent.parent / "systemd" / name
+    path = Path(guard.__file__).resolve().parent / "service" / "units" / name
     return path if path.is_file() else None
 
 

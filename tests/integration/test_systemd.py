@@ -241,3 +241,29 @@ def test_units_load_the_credentials_the_daemon_looks_for() -> None:
             if line.startswith("LoadCredential=")
         }
         assert loaded == names, unit
+
+
+def test_the_units_are_installed_with_the_program(tmp_path: Path) -> None:
+    """``inbox-guard setup`` installs the user unit from the installed program: a wheel
+    (what ``pip install`` or ``pipx install`` puts in place) must carry both units, the
+    same bytes as ``systemd/`` shows."""
+    import zipfile
+
+    # built from a copy: an in-tree build would leave build/ behind in the checkout
+    source = tmp_path / "source"
+    shutil.copytree(
+        UNIT_DIR.parent,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("inbox_guard-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        for unit in (SYSTEM_UNIT, USER_UNIT):
+            assert zf.read(f"guard/service/units/{unit}") == (UNIT_DIR / unit).read_bytes()
