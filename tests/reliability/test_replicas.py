@@ -147,11 +147,14 @@ def test_three_daemons_share_twenty_mailboxes_and_survive_a_kill_and_a_stop(
     listed = json.loads(
         run_cli("replicas", "--config", str(config), "--format", "json", check=True).stdout
     )
-    logs = "\n\n".join(d.log for d in group)  # to tell a stalled daemon, should one be
-    assert len(listed["daemons"]) == 3 and listed["not_owned"] == [], logs
+
+    def logs() -> str:  # shown when the sharing is wrong, to tell which daemon stalled
+        return "\n\n".join(d.log for d in group)
+
+    assert len(listed["daemons"]) == 3 and listed["not_owned"] == [], logs()
     assert sorted(a for d in listed["daemons"] for a in d["accounts"]) == names
     doctor = run_cli("doctor", "--config", str(config))
-    assert "daemons: 3 running" in doctor.stdout, doctor.stdout + "\n\n".join(d.log for d in group)
+    assert "daemons: 3 running" in doctor.stdout, doctor.stdout + logs()
     deliver(20)
     # the cut point: at a seeded moment while the daemons work through the new mail
     time.sleep(rng.uniform(0.0, 4.0))
