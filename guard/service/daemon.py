@@ -192,7 +192,6 @@ class Daemon:
             },
         )
         self.states: dict[str, AccountState] = {}
-        self.parallel = threading.BoundedSemaphore(self.config.schedule.max_parallel)
         self.idle_threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self.abandoned = False  # shutdown gave up on a scan still running: exit without it
@@ -278,28 +277,27 @@ class Daemon:
         return ScanControl(stop_requested=stop_requested, connected=connected)
 
     def scan_job(self, name: str) -> None:
-        """One poll of one mailbox. At most ``schedule.max_parallel`` run at once, so a
-        slow or failing mailbox never holds up the others for longer than its turn."""
+        """One poll of one mailbox, on the scans' pool: at most ``schedule.max_parallel``
+        run at once, so a slow or failing mailbox never holds up the others for longer
+        than its turn (a due scan waits in the pool's queue; ownership and the stop are
+        checked when it starts)."""
         state = self.states.get(name)
         if state is None or self.stopping.is_set():
             return
         if not self.owns(name):
             log.debug("%sanother daemon owns this mailbox: poll skipped", _who(self.config, name))
             return
-        with self.parallel:
-            if self.stopping.is_set() or not self.owns(name):
-                return
-            with self._lock:
-                config, rules = self.config, self.rules
-            try:
-                settings = ScanSettings.from_config(config, name)
-                summary = scan(settings, self.store, rules, control=self._control(state))
-            except ScanBusy as exc:  # another daemon is still at it: its turn, not a failure
-                log.info("%s%s; skipping this poll", _who(config, name), exc)
-                return
-            except GuardError as exc:  # ScanError, StoreError, ConfigError: each with its kind
-                self._scan_failed(state, exc)
-                return
+        with self._lock:
+            config, rules = self.config, self.rules
+        try:
+            settings = ScanSettings.from_config(config, name)
+            summary = scan(settings, self.store, rules, control=self._control(state))
+        except ScanBusy as exc:  # another daemon is still at it: its turn, not a failure
+            log.info("%s%s; skipping this poll", _who(config, name), exc)
+            return
+        except GuardError as exc:  # ScanError, StoreError, ConfigError: each with its kind
+            self._scan_failed(state, exc)
+            return
         if state.failures:
             log.info(
                 "%sscan recovered after %d failed attempt(s)", _who(config, name), state.failures

@@ -154,7 +154,8 @@ def heartbeat(
                 {"a": wanted},
             )
         }
-        if set(wanted) - known:
+        missing = sorted(set(wanted) - known)
+        if missing:
             # Only for accounts new to the table: an insert that meets a row another
             # daemon is renewing waits for that daemon's transaction to end.
             conn.execute(
@@ -163,7 +164,7 @@ def heartbeat(
                     "SELECT a, '', 'epoch'::timestamp FROM unnest(CAST(:a AS text[])) AS a "
                     "ON CONFLICT (account) DO NOTHING"
                 ),
-                {"a": sorted(set(wanted) - known)},
+                {"a": missing},
             )
         renewed = {
             row[0]

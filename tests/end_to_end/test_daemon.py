@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support.cli import Daemon, run_cli
-from support.configs import raw_config, smtp_section, write_config
+from support.configs import raw_config, secret_file, smtp_section, write_config
 from support.mail import harmless, mixed, risky_payment
 from support.servers import MailAccount
 
@@ -114,9 +114,7 @@ def test_watchdog_keeps_pinging_while_many_mailboxes_wait_for_a_scan_slot(
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(sock_path))
     notify.settimeout(0.5)
-    secret = tmp_path / "pw"
-    secret.write_text("not-used")
-    secret.chmod(0o600)
+    secret = secret_file(tmp_path, "pw", "not-used")
     accounts = [
         {
             "name": f"m{i:02d}",
